@@ -1,0 +1,193 @@
+"""Frozen configuration dataclasses for tiling, post-processing and export.
+
+YAML and command-line values enter through :func:`from_mapping`, which rejects unknown keys and
+wrong types with a :class:`~wsi_s2lcm.errors.ConfigError` naming the key. The training
+configuration lives beside the trainer in :mod:`wsi_s2lcm.training.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, TypeVar
+
+from wsi_s2lcm.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig:
+    """How a slide is cut into tiles, in pixels at the model's resolution.
+
+    Attributes
+    ----------
+    tile_size : int
+        Side of a square tile fed to the network; a multiple of 32.
+    overlap : int
+        Pixels shared by two neighbouring tiles; half of it is the context margin on each side of
+        a tile's core. Nuclei smaller than half the overlap are always seen whole by their owner;
+        larger ones are re-segmented on a larger window (see :mod:`wsi_s2lcm.segment`).
+    batch_size : int
+        Tiles per network batch and per dispatched task.
+    tissue_mask : bool
+        Skip tiles without tissue, judged on a thumbnail.
+    """
+
+    tile_size: int = 768
+    overlap: int = 96
+    batch_size: int = 4
+    tissue_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 64 or self.tile_size % 32:
+            raise ConfigError(
+                f"tile_size {self.tile_size} must be a multiple of 32 and at least 64; "
+                "try 512 or 768."
+            )
+        if self.overlap < 0 or self.overlap % 2:
+            raise ConfigError(f"overlap {self.overlap} must be an even number >= 0; try 96.")
+        if self.overlap >= self.tile_size // 2:
+            raise ConfigError(
+                f"overlap {self.overlap} must be less than half the tile size "
+                f"({self.tile_size}); use a larger --tile-size or a smaller --overlap."
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size {self.batch_size} must be at least 1.")
+
+    @property
+    def margin(self) -> int:
+        """Context pixels on each side of a tile's core (half the overlap)."""
+        return self.overlap // 2
+
+    @property
+    def stride(self) -> int:
+        """Distance between the origins of neighbouring tiles (the core size)."""
+        return self.tile_size - self.overlap
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """How one tile's nucleus probabilities become instances.
+
+    Attributes
+    ----------
+    threshold : float
+        Probability above which a pixel is nucleus.
+    min_area_um2 : float
+        Objects smaller than this (µm²) are removed.
+    fill_holes : bool
+        Fill holes inside each object.
+    separate : bool
+        Split touching nuclei with a watershed on the distance transform. Off reproduces the
+        papers' connected components.
+    h_um : float
+        Height (µm of distance) a distance-transform maximum must stand above its surroundings to
+        seed its own nucleus; larger values split less.
+    """
+
+    threshold: float = 0.5
+    min_area_um2: float = 4.0
+    fill_holes: bool = True
+    separate: bool = True
+    h_um: float = 0.75
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold {self.threshold} must lie strictly between 0 and 1.")
+        if self.min_area_um2 < 0:
+            raise ConfigError(f"min_area_um2 {self.min_area_um2} must be >= 0.")
+        if self.h_um <= 0:
+            raise ConfigError(f"h_um {self.h_um} must be > 0.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Which outputs a segmentation run writes.
+
+    Attributes
+    ----------
+    format : str
+        ``"geojson"`` or ``"geojson.gz"``.
+    labels : bool
+        Write the uint32 label image as zarr.
+    overlay : bool
+        Write a downsampled PNG of the slide with nucleus outlines.
+    overwrite : bool
+        Replace existing outputs instead of refusing.
+    """
+
+    format: str = "geojson"
+    labels: bool = True
+    overlay: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in ("geojson", "geojson.gz"):
+            raise ConfigError(f"format {self.format!r} must be 'geojson' or 'geojson.gz'.")
+
+
+def from_mapping(cls: type[T], values: Mapping[str, Any] | None, where: str = "config") -> T:
+    """Build a config dataclass from a mapping, rejecting unknown keys and wrong types.
+
+    Parameters
+    ----------
+    cls
+        A frozen dataclass type such as :class:`TilingConfig`.
+    values
+        Keys and values, for example a section of a YAML file. ``None`` gives the defaults.
+    where
+        Named in error messages (for example the YAML file and section).
+
+    Returns
+    -------
+    An instance of ``cls``.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or a value of the wrong type.
+    """
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}."
+        )
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(cls(), key) if _has_defaults(cls) else None
+        checked[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**checked)
+
+
+def _has_defaults(cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check ``value`` against the type of ``default``; ints are accepted for floats."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}.")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}.")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}.")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, not {value!r}.")
+        return tuple(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}.")
+    return value
