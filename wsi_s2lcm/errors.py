@@ -18,6 +18,10 @@ class SlideError(UserInputError, OSError):
     """A slide cannot be opened or read, or lacks what is needed (for example its mpp)."""
 
 
+class MissingMppError(SlideError):
+    """A slide records no microns-per-pixel and none was given (pass ``--mpp``)."""
+
+
 class ConfigError(UserInputError, ValueError):
     """A configuration value or command-line option is invalid."""
 

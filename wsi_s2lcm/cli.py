@@ -1,0 +1,220 @@
+"""The ``wsi-s2lcm`` command line: a thin Click group over the library.
+
+Each command parses its options, builds the configs, calls one library function and maps errors
+to exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line, no traceback),
+3 a batch finished with some inputs failed. Logging is configured here and only here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from wsi_s2lcm import __version__
+from wsi_s2lcm.errors import ConfigError, UserInputError
+
+logger = logging.getLogger("wsi_s2lcm")
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send the package's log records to stderr at a level set by ``-v`` / ``-q``."""
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("wsi_s2lcm")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    for noisy in ("distributed", "tiatoolbox"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def verbosity_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``-v/--verbose`` and ``-q/--quiet`` to a command and set up logging from them."""
+
+    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    @click.option("-q", "--quiet", is_flag=True, help="Errors only; no progress bar.")
+    @functools.wraps(command)
+    def wrapper(*args: Any, verbose: int, quiet: bool, **kwargs: Any) -> Any:
+        configure_logging(-1 if quiet else verbose)
+        ctx = click.get_current_context()
+        ctx.meta["wsi_s2lcm.quiet"] = quiet
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def show_progress() -> bool:
+    """Whether long loops should draw a progress bar (a terminal and not ``--quiet``)."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx and ctx.meta.get("wsi_s2lcm.quiet"))
+    return not quiet and sys.stderr.isatty()
+
+
+class _Group(click.Group):
+    """Maps library errors to exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserInputError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as error:  # the last line of defence: report, no traceback
+            logger.debug("unexpected failure", exc_info=True)
+            click.echo(
+                f"error: unexpected failure: {type(error).__name__}: {error} "
+                "(run with -vv for the traceback and report it)",
+                err=True,
+            )
+            ctx.exit(EXIT_FAILURE)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wsi-s2lcm")
+def main() -> None:
+    """Segment nuclei in H&E whole-slide images and train the model from QuPath scribbles."""
+
+
+@main.command("segment")
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory; files are named after each slide's stem.")
+@click.option("--mpp", type=float, default=None,
+              help="The slides' µm per pixel, for files that do not record it.")
+@click.option("--model", default=None, help="Shipped model name or model directory [default model].")
+@click.option("--tile-size", type=int, default=768, show_default=True,
+              help="Tile side in pixels at the model's resolution (multiple of 32).")
+@click.option("--overlap", type=int, default=96, show_default=True,
+              help="Pixels shared by neighbouring tiles at the model's resolution.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Local Dask worker threads (0: run in this thread).")
+@click.option("--processes", is_flag=True, help="Local Dask workers are processes, not threads.")
+@click.option("--scheduler", default=None,
+              help="Address (or scheduler-file .json) of a running dask.distributed scheduler.")
+@click.option("--no-tissue-mask", is_flag=True, help="Segment every tile, tissue or not.")
+@click.option("--format", "fmt", type=click.Choice(["geojson", "geojson.gz"]), default="geojson",
+              show_default=True, help="GeoJSON output format.")
+@click.option("--no-labels", is_flag=True, help="Do not write the label image (zarr).")
+@click.option("--no-overlay", is_flag=True, help="Do not write the overlay PNG.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@verbosity_options
+def segment_command(
+    slides: tuple[Path, ...],
+    out_dir: Path,
+    mpp: float | None,
+    model: str | None,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    device: str,
+    workers: int,
+    processes: bool,
+    scheduler: str | None,
+    no_tissue_mask: bool,
+    fmt: str,
+    no_labels: bool,
+    no_overlay: bool,
+    overwrite: bool,
+) -> None:
+    """Segment every nucleus of SLIDES into QuPath GeoJSON detections in --out."""
+    from wsi_s2lcm.config import ExportConfig, TilingConfig
+    from wsi_s2lcm.dispatch import open_dispatcher
+    from wsi_s2lcm.models import resolve_model
+    from wsi_s2lcm.predictor import resolve_device
+    from wsi_s2lcm.segment import segment_slide
+    from wsi_s2lcm.slide import check_readable, open_slide
+
+    if mpp is not None and mpp <= 0:
+        raise ConfigError(f"--mpp {mpp} must be a positive number of µm per pixel.")
+    tiling = TilingConfig(
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, tissue_mask=not no_tissue_mask
+    )
+    export = ExportConfig(
+        format=fmt, labels=not no_labels, overlay=not no_overlay, overwrite=overwrite
+    )
+    resolve_model(model)
+    resolve_device(device)
+    for path in slides:
+        with open_slide(path, mpp=mpp) as slide:
+            check_readable(slide)
+    with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
+        for path in slides:
+            summary = segment_slide(
+                path,
+                out_dir,
+                model=model,
+                mpp=mpp,
+                tiling=tiling,
+                export=export,
+                device=device,
+                dispatcher=dispatcher,
+                progress=show_progress(),
+            )
+            click.echo(
+                f"{path}: {summary['nuclei']} nuclei, {summary['tissue_mm2']:.2f} mm² tissue, "
+                f"{summary['seconds']['total']:.1f} s -> {summary['outputs']['geojson']}"
+            )
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the full model cards as JSON.")
+@verbosity_options
+def models_command(as_json: bool) -> None:
+    """List the shipped models."""
+    from wsi_s2lcm.models import DEFAULT_MODEL, list_models
+
+    found = list_models()
+    if as_json:
+        click.echo(json.dumps([card.to_dict() for card, _ in found], indent=2))
+        return
+    if not found:
+        click.echo("no shipped models")
+        return
+    for card, path in found:
+        marker = " (default)" if card.name == DEFAULT_MODEL else ""
+        metrics = ", ".join(f"{k} {v}" for k, v in card.metrics.items() if isinstance(v, (int, float)))
+        click.echo(f"{card.name}{marker}: {card.architecture.get('encoder', '?')} U-Net at "
+                   f"{card.mpp} µm/px; {metrics or 'no metrics'}; {path}")
+
+
+@main.command("info")
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--mpp", type=float, default=None, help="µm per pixel, for files without it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@verbosity_options
+def info_command(slide: Path, mpp: float | None, as_json: bool) -> None:
+    """Print a slide's dimensions, levels, mpp, vendor and associated images."""
+    from wsi_s2lcm.slide import slide_info
+
+    info = slide_info(slide, mpp=mpp)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+
+
+def _register_optional_commands() -> None:
+    """Add the commands defined in their own modules."""
+    from wsi_s2lcm.cli_evaluate import evaluate_command
+    from wsi_s2lcm.cli_training import scribbles_command, train_command
+
+    for command in (scribbles_command, train_command, evaluate_command):
+        main.add_command(command)

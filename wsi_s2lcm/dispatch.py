@@ -1,0 +1,127 @@
+"""The only module that knows Dask: run tasks on threads, processes or a running cluster.
+
+:func:`open_dispatcher` returns a :class:`Dispatcher` whose :meth:`~Dispatcher.imap_unordered`
+submits tasks with a bounded number in flight (so memory stays flat however many tiles a slide
+has) and yields results as they complete. ``workers=0`` runs tasks one by one in the calling
+thread, for debugging and for callers that need no parallelism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterable, Iterator
+
+from wsi_s2lcm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Runs ``fn(item, *args)`` for many items and yields results as they finish.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``, or ``None`` to run in the calling thread.
+    in_flight
+        Most tasks submitted and not yet collected.
+    """
+
+    def __init__(self, client: Any | None, in_flight: int) -> None:
+        self.client = client
+        self.in_flight = max(1, in_flight)
+
+    def imap_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any
+    ) -> Iterator[Any]:
+        """Yield ``fn(item, *args)`` for each item, in completion order.
+
+        An exception raised by a task is raised here, after the other tasks in flight are
+        cancelled.
+        """
+        if self.client is None:
+            for item in items:
+                yield fn(item, *args)
+            return
+        from distributed import as_completed
+
+        iterator = iter(items)
+        pending = as_completed()
+        try:
+            for item in iterator:
+                pending.add(self.client.submit(fn, item, *args, pure=False))
+                if pending.count() >= self.in_flight:
+                    break
+            for future in pending:
+                result = future.result()
+                future.release()
+                yield result
+                for item in iterator:
+                    pending.add(self.client.submit(fn, item, *args, pure=False))
+                    break
+        finally:
+            for future in list(pending.futures):
+                future.cancel()
+
+
+@contextlib.contextmanager
+def open_dispatcher(
+    workers: int = 1, scheduler: str | None = None, processes: bool = False
+) -> Iterator[Dispatcher]:
+    """Start (or connect to) a Dask cluster for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    workers
+        Local workers: threads (default) or processes. ``0`` runs tasks in the calling thread.
+        Ignored with ``scheduler``.
+    scheduler
+        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``) or the path of
+        its scheduler file.
+    processes
+        Local workers are processes rather than threads.
+
+    Yields
+    ------
+    Dispatcher
+    """
+    if workers < 0:
+        raise ConfigError(f"--workers {workers} must be 0 or more.")
+    if scheduler is None and workers == 0:
+        yield Dispatcher(None, in_flight=1)
+        return
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        if scheduler is not None:
+            try:
+                if scheduler.endswith(".json"):
+                    client = Client(scheduler_file=scheduler, timeout="20s")
+                else:
+                    client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as error:
+                raise ConfigError(
+                    f"--scheduler {scheduler}: cannot reach the Dask scheduler ({error}); check "
+                    "the address and that the scheduler is running."
+                ) from None
+            cluster = None
+            total = sum(client.nthreads().values()) or 1
+        else:
+            cluster = LocalCluster(
+                n_workers=workers if processes else 1,
+                threads_per_worker=1 if processes else workers,
+                processes=processes,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
+            client = Client(cluster)
+            total = workers
+        logger.info("Dask client %s with %d worker thread(s)", client.dashboard_link or client, total)
+        try:
+            yield Dispatcher(client, in_flight=2 * total)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

@@ -1,0 +1,394 @@
+"""The segment use case: one slide in, QuPath GeoJSON (and label zarr, overlay, summary) out.
+
+:func:`segment_slide` wires the adapters: it opens the slide, plans the tiles at the model's
+resolution, skips tiles without tissue, dispatches tile batches through :mod:`wsi_s2lcm.dispatch`
+(each worker builds the predictor once), streams the owned nuclei to the GeoJSON writer and the
+label store as tiles complete, re-segments the few nuclei larger than the tile margin, and renames
+the outputs into place only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
+from wsi_s2lcm.errors import OutputExistsError
+from wsi_s2lcm.predictor import ModelSpec, PredictorSpec, build_predictor
+from wsi_s2lcm.tile_task import Fragment, TileJob, TileResult, process_tiles
+from wsi_s2lcm.tiling import Tile, model_size, tile_grid
+
+logger = logging.getLogger(__name__)
+
+NUCLEUS_COLOR = (200, 0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPaths:
+    """The files a run writes for one slide, named after its stem."""
+
+    geojson: Path
+    labels: Path
+    overlay: Path
+    summary: Path
+
+    @classmethod
+    def for_slide(cls, slide_path: str | Path, out_dir: str | Path, export: ExportConfig) -> "OutputPaths":
+        """Output paths in ``out_dir`` for a slide."""
+        stem = slide_stem(slide_path)
+        out = Path(out_dir)
+        return cls(
+            geojson=out / f"{stem}.{export.format}",
+            labels=out / f"{stem}.zarr",
+            overlay=out / f"{stem}.overlay.png",
+            summary=out / f"{stem}.json",
+        )
+
+    def wanted(self, export: ExportConfig) -> list[Path]:
+        """The outputs this export config writes."""
+        paths = [self.geojson, self.summary]
+        if export.labels:
+            paths.append(self.labels)
+        if export.overlay:
+            paths.append(self.overlay)
+        return paths
+
+
+def slide_stem(slide_path: str | Path) -> str:
+    """The name outputs are given: the slide's file name without its extension."""
+    return Path(slide_path).stem
+
+
+def segment_slide(
+    slide_path: str | Path,
+    out_dir: str | Path,
+    *,
+    model: str | Path | None = None,
+    mpp: float | None = None,
+    tiling: TilingConfig = TilingConfig(),
+    export: ExportConfig = ExportConfig(),
+    postprocess: PostprocessConfig | None = None,
+    device: str = "auto",
+    dispatcher: Any = None,
+    predictor_spec: PredictorSpec | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Segment every nucleus of a slide and write the outputs.
+
+    Parameters
+    ----------
+    slide_path
+        The slide (anything :func:`wsi_s2lcm.slide.open_slide` opens).
+    out_dir
+        Output directory (created if needed).
+    model
+        Shipped model name or model directory; the default model when ``None``.
+    mpp
+        The slide's µm/px, for files that do not record it.
+    tiling, export
+        Tiling and output configuration.
+    postprocess
+        Overrides the model card's post-processing.
+    device
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
+    dispatcher
+        A :class:`wsi_s2lcm.dispatch.Dispatcher`; tasks run in the calling thread when ``None``.
+    predictor_spec
+        Use this predictor instead of the model's network (tests pass fakes); ``model`` still
+        names a card whose mpp and post-processing apply, unless the spec has an ``mpp`` or
+        ``postprocess`` is given.
+    progress
+        Show a progress bar over tiles.
+
+    Returns
+    -------
+    dict
+        The run summary, also written to ``<stem>.json``.
+    """
+    from wsi_s2lcm.models import read_card, resolve_model
+    from wsi_s2lcm.slide import check_readable, open_slide
+    from wsi_s2lcm.tissue import tissue_mask
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    paths = OutputPaths.for_slide(slide_path, out_dir, export)
+    existing = [p for p in paths.wanted(export) if p.exists()]
+    if existing and not export.overwrite:
+        raise OutputExistsError(
+            f"{existing[0]}: output exists already; pass --overwrite to replace it."
+        )
+    slide = open_slide(slide_path, mpp=mpp)
+    check_readable(slide)
+    card = None
+    if predictor_spec is None or model is not None:
+        model_dir = resolve_model(model)
+        card = read_card(model_dir)
+    spec = predictor_spec or ModelSpec(str(model_dir), device)
+    model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
+    post = postprocess or PostprocessConfig(**(card.postprocess if card else {}))
+    width, height = model_size(slide.dimensions, slide.mpp, model_mpp)
+    job = TileJob(
+        slide_path=str(slide_path),
+        slide_mpp=mpp,
+        model_mpp=model_mpp,
+        level0_mpp=slide.mpp,
+        width=width,
+        height=height,
+        predictor=spec,
+        postprocess=post,
+        keep_labels=export.labels,
+    )
+
+    tissue = tissue_mask(slide) if tiling.tissue_mask else None
+    tiles = [t for t in tile_grid(width, height, tiling) if _has_tissue(t, tissue, job.scale)]
+    timings["plan"] = time.perf_counter() - started
+    logger.info(
+        "%s: %d x %d px at %.3f µm/px -> %d x %d at %.3f, %d tiles with tissue",
+        slide_path, *slide.dimensions, slide.mpp, width, height, model_mpp, len(tiles),
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _Outputs(paths, export, job, tiling, slide, card, post)
+    try:
+        fragments: list[Fragment] = []
+        stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
+        pass_started = time.perf_counter()
+        for result in _run_tiles(tiles, job, tiling, dispatcher, progress):
+            for key, value in result.seconds.items():
+                stage[key] = stage.get(key, 0.0) + value
+            writer.add_tile(result)
+            fragments.extend(result.fragments)
+        timings["tiles_wall"] = time.perf_counter() - pass_started
+        timings.update({f"{k}_cpu": v for k, v in stage.items()})
+        large_started = time.perf_counter()
+        large = _resolve_fragments(fragments, slide, job, tiling)
+        for whole in large:
+            writer.add_whole(whole)
+        timings["large_nuclei"] = time.perf_counter() - large_started
+        summary = _summary(slide, card, job, tiling, export, tissue, len(tiles), writer, large)
+        finish_started = time.perf_counter()
+        writer.finish()
+        timings["finish"] = time.perf_counter() - finish_started
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        slide.close()
+    timings["total"] = time.perf_counter() - started
+    summary["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    _write_json(paths.summary, summary)
+    logger.info("%s: %d nuclei in %.1f s", slide_path, summary["nuclei"], timings["total"])
+    return summary
+
+
+def _has_tissue(tile: Tile, tissue: Any, scale: float) -> bool:
+    if tissue is None:
+        return True
+    x0, y0, x1, y1 = tile.box
+    return tissue.any_in((x0 * scale, y0 * scale, x1 * scale, y1 * scale))
+
+
+def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
+    for start in range(0, len(tiles), size):
+        yield tiles[start : start + size]
+
+
+def _run_tiles(
+    tiles: list[Tile], job: TileJob, tiling: TilingConfig, dispatcher: Any, progress: bool
+) -> Iterator[TileResult]:
+    from tqdm.auto import tqdm
+
+    from wsi_s2lcm.dispatch import Dispatcher
+
+    dispatcher = dispatcher or Dispatcher(None, in_flight=1)
+    with tqdm(total=len(tiles), unit="tile", disable=not progress, desc="tiles") as bar:
+        for results in dispatcher.imap_unordered(
+            process_tiles, _batches(tiles, tiling.batch_size), job
+        ):
+            for result in results:
+                yield result
+            bar.update(len(results))
+
+
+def _resolve_fragments(
+    fragments: list[Fragment], slide: Any, job: TileJob, tiling: TilingConfig
+) -> list[Any]:
+    if not fragments:
+        return []
+    from wsi_s2lcm.fragments import group_fragments, resolve_group
+
+    predictor = build_predictor(job.predictor)
+    groups = group_fragments(fragments)
+    logger.info("re-segmenting %d nuclei larger than the tile margin", len(groups))
+    found = [resolve_group(group, slide, predictor, job, tiling) for group in groups]
+    return [whole for whole in found if whole is not None]
+
+
+class _Outputs:
+    """The run's writers: GeoJSON stream, label store and overlay, finished or aborted together."""
+
+    def __init__(
+        self,
+        paths: OutputPaths,
+        export: ExportConfig,
+        job: TileJob,
+        tiling: TilingConfig,
+        slide: Any,
+        card: Any,
+        post: PostprocessConfig,
+    ) -> None:
+        from wsi_s2lcm.overlay import Overlay
+        from wsi_s2lcm.qupath.export import GeoJSONWriter
+        from wsi_s2lcm.store import LabelStore
+
+        self.paths = paths
+        self.export = export
+        self.count = 0
+        self.area_um2 = 0.0
+        self._next_label = 1
+        self._geojson = GeoJSONWriter(paths.geojson, compress=export.format.endswith(".gz"))
+        self._geojson.__enter__()
+        self._store = None
+        if export.labels:
+            attrs = {
+                "mpp": job.model_mpp,
+                "level0_mpp": job.level0_mpp,
+                "level0_transform": {"scale": job.scale, "offset_xy": [0.0, 0.0]},
+                "model_card": card.to_dict() if card else None,
+                "postprocess": dataclasses.asdict(post),
+                "tiling": dataclasses.asdict(tiling),
+                "slide": str(job.slide_path),
+            }
+            self._store = LabelStore.create(
+                paths.labels,
+                (job.height, job.width),
+                chunk=tiling.stride,
+                attrs=attrs,
+                overwrite=export.overwrite,
+            )
+        self._overlay = None
+        if export.overlay:
+            thumbnail, level0_per_px = slide.thumbnail(2048)
+            self._overlay = Overlay(thumbnail, level0_per_px)
+
+    def add_tile(self, result: TileResult) -> None:
+        from wsi_s2lcm.qupath.export import nucleus_feature
+
+        for nucleus in result.nuclei:
+            self._geojson.write(nucleus_feature(nucleus, NUCLEUS_COLOR))
+            self.area_um2 += nucleus.measurements.get("Area µm^2", 0.0)
+        if self._store is not None and result.labels is not None and result.nuclei:
+            labels = result.labels.astype(np.uint32)
+            labels[labels > 0] += self._next_label - 1
+            self._write_labels(result.tile.x, result.tile.y, labels)
+        if self._overlay is not None:
+            self._overlay.add([n.polygon for n in result.nuclei])
+        self._next_label += len(result.nuclei)
+        self.count += len(result.nuclei)
+
+    def add_whole(self, whole: Any) -> None:
+        from wsi_s2lcm.qupath.export import nucleus_feature
+
+        self._geojson.write(nucleus_feature(whole.nucleus, NUCLEUS_COLOR))
+        self.area_um2 += whole.nucleus.measurements.get("Area µm^2", 0.0)
+        if self._store is not None:
+            labels = whole.mask.astype(np.uint32) * np.uint32(self._next_label)
+            self._write_labels(whole.origin_xy[0], whole.origin_xy[1], labels)
+        if self._overlay is not None:
+            self._overlay.add([whole.nucleus.polygon])
+        self._next_label += 1
+        self.count += 1
+
+    def _write_labels(self, x: int, y: int, labels: np.ndarray) -> None:
+        """Write nonzero labels where the store is still empty, clipped to the image."""
+        height, width = self._store.shape
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + labels.shape[1], width), min(y + labels.shape[0], height)
+        if x0 >= x1 or y0 >= y1:
+            return
+        block = labels[y0 - y : y1 - y, x0 - x : x1 - x]
+        self._store.write_where_empty(y0, x0, block)
+
+    def finish(self) -> None:
+        self._geojson.__exit__(None, None, None)
+        if self._store is not None:
+            self._store.finalize()
+        if self._overlay is not None:
+            self._overlay.save(self.paths.overlay)
+
+    def abort(self) -> None:
+        import sys
+
+        self._geojson.__exit__(*sys.exc_info())
+        if self._store is not None:
+            self._store.abort()
+
+
+def _summary(
+    slide: Any,
+    card: Any,
+    job: TileJob,
+    tiling: TilingConfig,
+    export: ExportConfig,
+    tissue: Any,
+    tile_count: int,
+    writer: _Outputs,
+    large: list[Any],
+) -> dict[str, Any]:
+    info = slide.info()
+    tissue_mm2 = (
+        tissue.area_mm2(slide.mpp)
+        if tissue is not None
+        else slide.dimensions[0] * slide.dimensions[1] * (slide.mpp / 1000.0) ** 2
+    )
+    return {
+        "slide": str(job.slide_path),
+        "status": "done",
+        "nuclei": writer.count,
+        "nuclei_area_um2": round(writer.area_um2, 2),
+        "tissue_mm2": round(float(tissue_mm2), 4),
+        "tiles": tile_count,
+        "large_nuclei_resegmented": len(large),
+        "large_nuclei_truncated": sum(1 for w in large if w.truncated),
+        "slide_info": info,
+        "model_mpp": job.model_mpp,
+        "model_size_px": [job.width, job.height],
+        "outputs": {k: str(v) for k, v in dataclasses.asdict(writer.paths).items()
+                    if Path(v) in set(writer.paths.wanted(export))},
+        "model_card": card.to_dict() if card else None,
+        "config": {
+            "tiling": dataclasses.asdict(tiling),
+            "postprocess": dataclasses.asdict(job.postprocess),
+            "export": dataclasses.asdict(export),
+            "predictor": repr(job.predictor),
+        },
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("wsi-s2lcm", "torch", "numpy", "openslide-python", "openslide-bin", "dask",
+                 "distributed", "zarr", "shapely", "tiatoolbox", "scikit-image"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(values, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, path)

@@ -1,0 +1,266 @@
+"""What one worker does with a batch of tiles: read, predict, find instances, keep its own.
+
+:func:`process_tiles` is the task the dispatcher runs. It is a pure function of its inputs (the
+slide file, the model and the configs), so tiles can run in any order on any worker. The
+ownership decision for one tile's instances is :func:`own_instances`, kept separate so that it can
+be tested on hand-made label images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from wsi_s2lcm.config import PostprocessConfig
+from wsi_s2lcm.postprocess import instances_from_probability
+from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
+from wsi_s2lcm.predictor import PredictorSpec, build_predictor
+from wsi_s2lcm.tiling import Tile, touches_open_edge
+
+
+@dataclasses.dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs besides the tiles; small and picklable.
+
+    Attributes
+    ----------
+    slide_path : str
+        The slide file.
+    slide_mpp : float or None
+        The ``--mpp`` override, if any.
+    model_mpp : float
+        Resolution the tiles are read at.
+    level0_mpp : float
+        The slide's level-0 µm/px (after any override).
+    width, height : int
+        Slide size in model-frame pixels.
+    predictor : PredictorSpec
+        Recipe for the predictor, built once per worker.
+    postprocess : PostprocessConfig
+        Probability to instances.
+    keep_labels : bool
+        Return each tile's label image of kept nuclei (for the label store).
+    """
+
+    slide_path: str
+    slide_mpp: float | None
+    model_mpp: float
+    level0_mpp: float
+    width: int
+    height: int
+    predictor: PredictorSpec
+    postprocess: PostprocessConfig
+    keep_labels: bool = True
+
+    @property
+    def scale(self) -> float:
+        """Level-0 pixels per model pixel."""
+        return self.model_mpp / self.level0_mpp
+
+
+@dataclasses.dataclass
+class Fragment:
+    """An instance cut by a tile's open edge that reaches into the tile's core.
+
+    It is larger than the tile margin, so the tile cannot see it whole; the segment use case
+    re-segments it on a larger window after the main pass.
+
+    Attributes
+    ----------
+    tile : tuple of int
+        ``(row, col)`` of the tile that found it.
+    origin_xy : tuple of int
+        Model-frame position of ``mask[0, 0]``.
+    mask : np.ndarray
+        Boolean mask of the visible part, cropped to its bounding box.
+    """
+
+    tile: tuple[int, int]
+    origin_xy: tuple[int, int]
+    mask: np.ndarray
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """Model-frame ``(x0, y0, x1, y1)`` of the visible part."""
+        x0, y0 = self.origin_xy
+        return (x0, y0, x0 + self.mask.shape[1], y0 + self.mask.shape[0])
+
+
+@dataclasses.dataclass
+class TileResult:
+    """The nuclei one tile owns, and what it could not decide alone.
+
+    Attributes
+    ----------
+    tile : Tile
+        The tile.
+    nuclei : list of Nucleus
+        Owned nuclei, polygons in level-0 pixels.
+    labels : np.ndarray or None
+        Tile-sized uint32 image where nucleus ``nuclei[i]`` has value ``i + 1``, 0 elsewhere.
+    fragments : list of Fragment
+        Instances too large for the tile margin.
+    seconds : dict
+        Time spent reading, predicting and post-processing (the batch's share).
+    """
+
+    tile: Tile
+    nuclei: list[Nucleus]
+    labels: np.ndarray | None
+    fragments: list[Fragment]
+    seconds: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ownership:
+    """The decision for one tile's instances.
+
+    Attributes
+    ----------
+    kept : list of int
+        Labels of the nuclei the tile owns, seen whole.
+    fragments : list of int
+        Labels cut by an open edge that reach into the core.
+    """
+
+    kept: list[int]
+    fragments: list[int]
+
+
+def own_instances(labels: np.ndarray, tile: Tile, width: int, height: int) -> Ownership:
+    """Decide which instances of a tile's label image the tile owns.
+
+    An instance touching no open edge is kept when its pixel centroid lies in the tile's core.
+    One touching an open edge is kept by nobody here: if any of its pixels lie in the core it is
+    returned as a fragment (it is larger than the margin), otherwise a neighbour sees it whole.
+
+    Parameters
+    ----------
+    labels
+        ``(size, size)`` instance labels of the tile's box.
+    tile
+        The tile.
+    width, height
+        Model-frame size of the slide.
+
+    Returns
+    -------
+    Ownership
+    """
+    kept: list[int] = []
+    fragments: list[int] = []
+    if not labels.any():
+        return Ownership(kept, fragments)
+    cx0, cy0, cx1, cy1 = (
+        tile.core[0] - tile.x,
+        tile.core[1] - tile.y,
+        tile.core[2] - tile.x,
+        tile.core[3] - tile.y,
+    )
+    ids = np.arange(1, int(labels.max()) + 1)
+    counts = np.bincount(labels.ravel(), minlength=ids.size + 1)[1:]
+    rows, cols = np.indices(labels.shape, sparse=True)
+    sum_y = ndimage.sum_labels(np.broadcast_to(rows, labels.shape), labels, ids)
+    sum_x = ndimage.sum_labels(np.broadcast_to(cols, labels.shape), labels, ids)
+    in_core = set(np.unique(labels[cy0:cy1, cx0:cx1]).tolist())
+    for index, found in enumerate(ndimage.find_objects(labels)):
+        if found is None or counts[index] == 0:
+            continue
+        label = index + 1
+        bbox = (found[0].start, found[1].start, found[0].stop, found[1].stop)
+        if touches_open_edge(bbox, tile, width, height):
+            if label in in_core:
+                fragments.append(label)
+            continue
+        centroid_y = sum_y[index] / counts[index] + 0.5
+        centroid_x = sum_x[index] / counts[index] + 0.5
+        if cx0 <= centroid_x < cx1 and cy0 <= centroid_y < cy1:
+            kept.append(label)
+    return Ownership(kept, fragments)
+
+
+def tile_result(
+    tile: Tile,
+    rgb: np.ndarray,
+    probability: np.ndarray,
+    job: TileJob,
+    seconds: dict[str, float] | None = None,
+) -> TileResult:
+    """Instances, ownership and polygons for one tile whose probabilities are known."""
+    started = time.perf_counter()
+    labels = instances_from_probability(probability, job.postprocess, job.model_mpp)
+    ownership = own_instances(labels, tile, job.width, job.height)
+    scale = job.scale
+    nuclei = nuclei_from_labels(
+        labels,
+        ownership.kept,
+        rgb,
+        probability,
+        scale=scale,
+        offset_xy=(tile.x * scale, tile.y * scale),
+        level0_mpp=job.level0_mpp,
+    )
+    kept_labels = None
+    if job.keep_labels:
+        lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
+        lookup[ownership.kept] = np.arange(1, len(ownership.kept) + 1, dtype=np.uint32)
+        kept_labels = lookup[labels]
+    fragments = []
+    for label in ownership.fragments:
+        found = ndimage.find_objects((labels == label).astype(np.int32))[0]
+        fragments.append(
+            Fragment(
+                tile=(tile.row, tile.col),
+                origin_xy=(tile.x + found[1].start, tile.y + found[0].start),
+                mask=labels[found] == label,
+            )
+        )
+    spent = dict(seconds or {})
+    spent["postprocess"] = spent.get("postprocess", 0.0) + time.perf_counter() - started
+    return TileResult(tile, nuclei, kept_labels, fragments, spent)
+
+
+def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
+    """Read, predict and post-process a batch of tiles (the task a worker runs).
+
+    Parameters
+    ----------
+    tiles
+        Tiles of one batch, all of the same size.
+    job
+        The slide, model and configs.
+
+    Returns
+    -------
+    list of TileResult
+        One per tile, in the same order.
+    """
+    started = time.perf_counter()
+    slide = _open_slide_cached(job.slide_path, job.slide_mpp)
+    batch = np.stack([slide.read(t.x, t.y, t.size, t.size, job.model_mpp) for t in tiles])
+    read_done = time.perf_counter()
+    predictor = build_predictor(job.predictor)
+    probabilities = predictor(batch)
+    predict_done = time.perf_counter()
+    share = 1.0 / len(tiles)
+    seconds = {
+        "read": (read_done - started) * share,
+        "predict": (predict_done - read_done) * share,
+    }
+    return [
+        tile_result(tile, rgb, probability, job, seconds)
+        for tile, rgb, probability in zip(tiles, batch, probabilities)
+    ]
+
+
+@functools.lru_cache(maxsize=8)
+def _open_slide_cached(path: str, mpp: float | None) -> Any:
+    """Open a slide once per worker process (readers are thread-safe for reading)."""
+    from wsi_s2lcm.slide import open_slide
+
+    return open_slide(path, mpp=mpp)

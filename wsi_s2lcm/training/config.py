@@ -1,0 +1,246 @@
+"""The training configuration: one frozen dataclass, every value documented with its source.
+
+Sources: "METHOD" values are those of Scribble2Label / ScribbleCont / S2L-CM as read from their
+code and figure (see docs/TRAINING.md); "[inferred]" values are our choices where the record is
+silent or where the CPU demands a reduction. YAML enters through :func:`load_train_config`, which
+rejects unknown keys (:func:`wsi_s2lcm.config.from_mapping`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from wsi_s2lcm.config import from_mapping
+from wsi_s2lcm.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained from scribbles (S2L-CM).
+
+    Attributes
+    ----------
+    mpp : float
+        µm/px the model is trained (and later run) at. [inferred] 0.5 (20x).
+    encoder : str
+        ResNet encoder: resnet18 (CPU default), resnet34 (ScribbleCont), resnet50 (S2L).
+    encoder_weights : str
+        Local torchvision ResNet state dict to start from; "" = random init (nothing is
+        downloaded). METHOD uses ImageNet weights.
+    crop_size : int
+        Training crop side at ``mpp``, a multiple of 32. METHOD 256.
+    batch_size : int
+        Crops per step. METHOD 30; [inferred] 8 for the CPU.
+    crops_per_image : int
+        Crops drawn from each training image per epoch. METHOD 1 (an epoch is one pass).
+    epochs : int
+        Total epochs. [inferred] 200.
+    warmup_epochs : int
+        Epochs of partial cross-entropy only. METHOD 100.
+    lr_encoder, lr_decoder : float
+        RAdam learning rates of the encoder and of the decoder and heads. METHOD 3e-4, 3e-3.
+    weight_decay : float
+        METHOD 5e-5.
+    stroke_width_um : float
+        Width (µm) of a scribble line when rasterized; QuPath lines have none. [inferred] 0.5
+        (1 px at 0.5 µm/px, the 1-px curves of METHOD).
+    nucleus_classes, background_classes : tuple of str
+        QuPath class names (case-insensitive) meaning nucleus / background. [inferred]
+    validation_fraction : float
+        Fraction of the images held back to select the checkpoint on their scribbles (when no
+        split is given). [inferred] 0.2.
+    validate_every : int
+        Epochs between held-out evaluations and checkpoints. [inferred] 5.
+    slide_region_size : int
+        Side (px at ``mpp``) of the regions read around scribbles on a whole slide. [inferred]
+    ema_every : int
+        Epochs between EMA updates of the predictions. METHOD 5.
+    ema_alpha : float
+        EMA weight of the newest prediction. METHOD 0.2 (0.1 for MoNuSeg).
+    ema_init : str
+        "first" (ybar starts as the first prediction), "bias_correct" (Adam-style correction)
+        or "zero" (METHOD's code; slow to pass tau). [inferred] "first".
+    pseudo_threshold : float
+        tau: pseudo label 1 where ybar > tau, 0 where ybar < 1 - tau. METHOD 0.8 (0.95 MoNuSeg).
+    use_pseudo : bool
+        Pseudo-label loss L_p after warm-up. METHOD on.
+    pseudo_weight : float
+        Weight of L_p. METHOD 0.5.
+    use_mcr : bool
+        Multiscale contrastive regularization after warm-up. METHOD on.
+    mcr_labels : str
+        "prediction" (S2L-CM: current prediction binarized at ``mcr_threshold``, scribbles
+        override) or "pseudo" (ScribbleCont: scribbles over confident pseudo labels).
+    mcr_threshold : float
+        beta_1: fg where p >= beta_1, bg where p <= 1 - beta_1 (0.5 = plain binarization).
+        [inferred] 0.5.
+    mcr_max_samples : int
+        Pixels sampled per class and scale. METHOD 6000; [inferred] 1024 is enough on a CPU.
+    mcr_full_weight, mcr_quarter_weight : float
+        Weights of the full and 1/4-scale terms. METHOD 0.5, 10.
+    mcr_full_temperature, mcr_quarter_temperature : float
+        METHOD 0.3, 0.1.
+    mcr_min_samples : int
+        Fewer samples per class than this give a zero term. [inferred] 2.
+    use_mil : bool
+        Pixel-level MIL after warm-up. METHOD on.
+    mil_weight : float
+        Weight of L_pMIL. [inferred] 1.0.
+    mil_threshold : float
+        beta_2: the prediction is binarized for bag labels, instances drawn only where confident:
+        nucleus where p >= beta_2, background where p <= 1 - beta_2 (scribbles override).
+        [inferred] 0.8.
+    mil_bag_size : int
+        Instances per bag. [inferred] 16.
+    mil_bags : int
+        Positive and negative bags each per step. [inferred] 16.
+    flip, rotate90 : bool
+        Random flips and 90-degree rotations. METHOD (flips, rotations).
+    scale_min, scale_max : float
+        Random zoom range. METHOD (shift-scale-rotate); [inferred] 0.8-1.25.
+    brightness, contrast, saturation, hue : float
+        Colour jitter amplitudes. METHOD (colour jitter for MoNuSeg); [inferred] values.
+    stain_alpha, stain_beta : float
+        H&E stain augmentation: each Ruifrok H, E, D concentration scaled by U(1 +- alpha) and
+        shifted by U(+- beta) (Tellez et al. "HED-light"). [inferred]
+    amp : bool
+        Mixed precision on CUDA (ignored on CPU).
+    seed : int
+        Seed of everything random.
+    licence : str
+        Licence of the trained weights, written to the model card (they inherit the data's).
+    """
+
+    mpp: float = 0.5
+    encoder: str = "resnet18"
+    encoder_weights: str = ""
+    crop_size: int = 256
+    batch_size: int = 8
+    crops_per_image: int = 1
+    epochs: int = 200
+    warmup_epochs: int = 100
+    lr_encoder: float = 3e-4
+    lr_decoder: float = 3e-3
+    weight_decay: float = 5e-5
+    stroke_width_um: float = 0.5
+    nucleus_classes: tuple = ("Nucleus", "Nuclei")
+    background_classes: tuple = ("Background",)
+    validation_fraction: float = 0.2
+    validate_every: int = 5
+    slide_region_size: int = 1024
+    ema_every: int = 5
+    ema_alpha: float = 0.2
+    ema_init: str = "first"
+    pseudo_threshold: float = 0.8
+    use_pseudo: bool = True
+    pseudo_weight: float = 0.5
+    use_mcr: bool = True
+    mcr_labels: str = "prediction"
+    mcr_threshold: float = 0.5
+    mcr_max_samples: int = 1024
+    mcr_full_weight: float = 0.5
+    mcr_quarter_weight: float = 10.0
+    mcr_full_temperature: float = 0.3
+    mcr_quarter_temperature: float = 0.1
+    mcr_min_samples: int = 2
+    use_mil: bool = True
+    mil_weight: float = 1.0
+    mil_threshold: float = 0.8
+    mil_bag_size: int = 16
+    mil_bags: int = 16
+    flip: bool = True
+    rotate90: bool = True
+    scale_min: float = 0.8
+    scale_max: float = 1.25
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02
+    stain_alpha: float = 0.05
+    stain_beta: float = 0.05
+    amp: bool = True
+    seed: int = 0
+    licence: str = ""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.mpp > 0, "mpp must be > 0"),
+            (self.crop_size >= 64 and self.crop_size % 32 == 0,
+             "crop_size must be a multiple of 32, at least 64"),
+            (self.batch_size >= 1 and self.crops_per_image >= 1, "batch sizes must be >= 1"),
+            (0 <= self.warmup_epochs <= self.epochs and self.epochs >= 1,
+             "need 1 <= epochs and 0 <= warmup_epochs <= epochs"),
+            (self.ema_every >= 1 and self.validate_every >= 1, "intervals must be >= 1"),
+            (0 < self.ema_alpha <= 1, "ema_alpha must lie in (0, 1]"),
+            (self.ema_init in ("first", "bias_correct", "zero"),
+             "ema_init must be first, bias_correct or zero"),
+            (0.5 <= self.pseudo_threshold < 1, "pseudo_threshold must lie in [0.5, 1)"),
+            (self.mcr_labels in ("prediction", "pseudo"), "mcr_labels must be prediction or pseudo"),
+            (0.5 <= self.mcr_threshold < 1 and 0.5 <= self.mil_threshold < 1,
+             "thresholds must lie in [0.5, 1)"),
+            (self.mcr_max_samples >= self.mcr_min_samples >= 2, "need mcr_max >= mcr_min >= 2"),
+            (self.mil_bag_size >= 2 and self.mil_bags >= 1, "need mil_bag_size >= 2, mil_bags >= 1"),
+            (0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max"),
+            (0 <= self.validation_fraction < 1, "validation_fraction must lie in [0, 1)"),
+            (self.stroke_width_um > 0, "stroke_width_um must be > 0"),
+            (self.slide_region_size >= self.crop_size, "slide_region_size must be >= crop_size"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"training config: {message}.")
+        if {n.casefold() for n in self.nucleus_classes} & {
+            n.casefold() for n in self.background_classes
+        }:
+            raise ConfigError("training config: a class cannot be both nucleus and background.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values (tuples as lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    def architecture(self) -> dict[str, Any]:
+        """The ``architecture`` entry of the model card."""
+        return {"type": "unet", "encoder": self.encoder, "encoder_weights": self.encoder_weights or None}
+
+
+def load_train_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """Read a YAML training configuration and apply command-line overrides.
+
+    Parameters
+    ----------
+    path
+        A YAML file holding a mapping of :class:`TrainConfig` fields (optionally under a
+        ``train:`` key), or ``None`` for the defaults.
+    overrides
+        Values that replace the file's (``None`` values are ignored).
+
+    Raises
+    ------
+    ConfigError
+        On unreadable YAML, an unknown key or a wrong type.
+    """
+    values: dict[str, Any] = {}
+    where = "training config"
+    if path is not None:
+        import yaml
+
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the config ({error.strerror}).") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error}).") from None
+        if isinstance(loaded, dict) and set(loaded) == {"train"}:
+            loaded = loaded["train"]
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: must hold a mapping of training settings.")
+        values.update(loaded or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_mapping(TrainConfig, values, where=where)

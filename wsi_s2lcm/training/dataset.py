@@ -1,0 +1,250 @@
+"""Training data: images paired with scribble files, resampled to the model's resolution.
+
+Images and scribble files are paired by file stem (``A.tif`` with ``A.geojson``). A plain image
+(PNG, JPEG, TIFF of at most :data:`MAX_PLAIN_PIXELS`) is read whole at ``image_mpp`` and resampled
+to the model's mpp; anything else is opened as a whole slide through
+:func:`wsi_s2lcm.slide.open_slide`, and only the regions of ``slide_region_size`` pixels (at the
+model's mpp) that hold scribbles are read. Scribbles are rasterized directly at the model's
+resolution, never resampled as label images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+import shapely
+
+from wsi_s2lcm.errors import AnnotationError, ConfigError, SlideError
+from wsi_s2lcm.qupath.imports import Scribble, read_scribbles
+from wsi_s2lcm.training.scribbles import IGNORE, rasterize_scribbles, scribble_target
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff")
+SCRIBBLE_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+MAX_PLAIN_PIXELS = 64_000_000
+
+
+@dataclasses.dataclass
+class TrainImage:
+    """One image (or slide region) at the model's mpp with its sparse target.
+
+    Attributes
+    ----------
+    key : str
+        Unique name: the file stem, with ``@x,y`` (model px) for a slide region.
+    source : str
+        The image file.
+    image : np.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    target : np.ndarray
+        ``(H, W)`` uint8: 1 nucleus, 0 background, 255 unlabeled.
+    """
+
+    key: str
+    source: str
+    image: np.ndarray
+    target: np.ndarray
+
+
+def file_stem(path: Path) -> str:
+    """A file's name without its (possibly double) suffix."""
+    name = path.name
+    for suffix in SCRIBBLE_SUFFIXES + IMAGE_SUFFIXES + SLIDE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def pair_files(
+    images_dir: str | Path, scribbles_dir: str | Path, stems: Iterable[str] | None = None
+) -> list[tuple[str, Path, Path]]:
+    """Pair image files with scribble files by stem.
+
+    Parameters
+    ----------
+    images_dir, scribbles_dir
+        Folders of images (or slides) and of QuPath GeoJSON files.
+    stems
+        Only these stems (all paired stems when ``None``); a listed stem without both files is an
+        error.
+
+    Returns
+    -------
+    list of (stem, image path, scribble path), sorted by stem.
+
+    Raises
+    ------
+    ConfigError
+        If a folder is missing, or nothing pairs up.
+    """
+    images_dir, scribbles_dir = Path(images_dir), Path(scribbles_dir)
+    for folder in (images_dir, scribbles_dir):
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: not a folder.")
+    images = {
+        file_stem(p): p
+        for p in sorted(images_dir.iterdir())
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES + SLIDE_SUFFIXES)
+    }
+    scribbles = {
+        file_stem(p): p
+        for p in sorted(scribbles_dir.iterdir())
+        if p.is_file() and p.name.lower().endswith(SCRIBBLE_SUFFIXES)
+    }
+    if stems is None:
+        wanted = sorted(set(images) & set(scribbles))
+        for stem in sorted(set(scribbles) - set(images)):
+            logger.warning("%s: no image named %s.* in %s; skipped", scribbles[stem], stem, images_dir)
+    else:
+        wanted = sorted(set(stems))
+        missing = [s for s in wanted if s not in images or s not in scribbles]
+        if missing:
+            raise ConfigError(
+                f"{len(missing)} listed image(s) lack an image in {images_dir} or a scribble file "
+                f"in {scribbles_dir} (first: {missing[0]}); check the split file."
+            )
+    if not wanted:
+        raise ConfigError(
+            f"no image in {images_dir} has a scribble file of the same name in {scribbles_dir} "
+            "(A.tif pairs with A.geojson)."
+        )
+    return [(stem, images[stem], scribbles[stem]) for stem in wanted]
+
+
+def read_plain_image(path: Path) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF as ``(H, W, 3)`` uint8 RGB."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path, key=0)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as handle:
+                array = np.asarray(handle.convert("RGB"))
+    except Exception as error:  # PIL and tifffile raise many types for bad files
+        raise SlideError(f"{path}: cannot read the image ({error}).") from None
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] < 3:
+        raise SlideError(f"{path}: expected an RGB image, got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        raise SlideError(f"{path}: expected 8-bit RGB, got {array.dtype}; convert it first.")
+    return np.ascontiguousarray(array[..., :3])
+
+
+def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB image to ``(height, width)`` (area averaging when shrinking)."""
+    if image.shape[:2] == shape:
+        return image
+    shrink = shape[0] < image.shape[0]
+    method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=method)
+
+
+def _is_plain(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        return False
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                page = tiff.pages[0]
+                return len(tiff.pages) == 1 and page.imagelength * page.imagewidth <= MAX_PLAIN_PIXELS
+        except Exception:  # not a readable TIFF: let the slide reader report it
+            return False
+    return True
+
+
+def load_pair(
+    stem: str, image_path: Path, scribble_path: Path, image_mpp: float | None, config: object
+) -> list[TrainImage]:
+    """Read one image (or slide) and its scribbles at ``config.mpp``.
+
+    Parameters
+    ----------
+    stem, image_path, scribble_path
+        One row of :func:`pair_files`.
+    image_mpp
+        µm/px of the image (required for plain images; overrides a slide's metadata).
+    config
+        A :class:`~wsi_s2lcm.training.config.TrainConfig`.
+    """
+    scribbles = read_scribbles(scribble_path, config.nucleus_classes, config.background_classes)
+    stroke = config.stroke_width_um / config.mpp
+    if not _is_plain(image_path):
+        return _load_slide_regions(stem, image_path, scribble_path, scribbles, image_mpp, config)
+    if image_mpp is None:
+        raise ConfigError(f"{image_path}: a plain image has no resolution; pass --mpp (µm/px).")
+    image = read_plain_image(image_path)
+    scale = config.mpp / image_mpp
+    shape = (max(round(image.shape[0] / scale), 1), max(round(image.shape[1] / scale), 1))
+    target = scribble_target(
+        scribbles, shape, image.shape[0] / shape[0], stroke, str(scribble_path)
+    )
+    return [TrainImage(stem, str(image_path), resample(image, shape), target)]
+
+
+def _load_slide_regions(
+    stem: str, path: Path, scribble_path: Path, scribbles: Sequence[Scribble],
+    mpp: float | None, config: object,
+) -> list[TrainImage]:
+    """The regions of a whole slide that hold scribbles, read at the model's mpp."""
+    from wsi_s2lcm.slide import open_slide
+
+    slide = open_slide(path, mpp)
+    scale = config.mpp / slide.mpp
+    width0, height0 = slide.dimensions
+    bounds = shapely.box(0, 0, width0, height0)
+    inside = [s for s in scribbles if s.geometry.intersects(bounds)]
+    if len(inside) < len(scribbles):
+        logger.warning("%s: %d scribble(s) outside the slide; skipped", scribble_path,
+                       len(scribbles) - len(inside))
+    if not inside:
+        raise AnnotationError(
+            f"{scribble_path}: no scribble lies inside {path} ({width0} x {height0} px at level "
+            "0); were they exported from another image?"
+        )
+    size = config.slide_region_size
+    width, height = math.floor(width0 / scale), math.floor(height0 / scale)
+    origins: set[tuple[int, int]] = set()
+    for scribble in inside:
+        x0, y0, x1, y1 = (v / scale for v in scribble.geometry.bounds)
+        for ty in range(max(int(y0 // size), 0), min(int(y1 // size), (height - 1) // size) + 1):
+            for tx in range(max(int(x0 // size), 0), min(int(x1 // size), (width - 1) // size) + 1):
+                origins.add((tx * size, ty * size))
+    regions = []
+    for x, y in sorted(origins, key=lambda xy: (xy[1], xy[0])):
+        w, h = min(size, width - x), min(size, height - y)
+        target = rasterize_scribbles(inside, (h, w), scale, (x * scale, y * scale),
+                                     config.stroke_width_um / config.mpp)
+        if (target != IGNORE).any():
+            image = np.asarray(slide.read(x, y, w, h, config.mpp), np.uint8)[..., :3]
+            regions.append(TrainImage(f"{stem}@{x},{y}", str(path), image, target))
+    if not regions:
+        raise AnnotationError(f"{scribble_path}: no scribble pixel falls inside {path}.")
+    logger.info("%s: %d region(s) of %d px around the scribbles", path, len(regions), size)
+    return regions
+
+
+def split_stems(stems: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold back ``fraction`` of the stems (at least one when possible) for model selection."""
+    stems = sorted(stems)
+    count = int(round(fraction * len(stems)))
+    if fraction > 0 and len(stems) >= 2:
+        count = min(max(count, 1), len(stems) - 1)
+    else:
+        count = 0
+    held = set(np.random.default_rng(seed).choice(stems, size=count, replace=False).tolist()) if count else set()
+    return [s for s in stems if s not in held], [s for s in stems if s in held]

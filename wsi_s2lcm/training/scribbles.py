@@ -1,0 +1,137 @@
+"""Scribbles to sparse training targets: 1 nucleus, 0 background, 255 unlabeled (ignored).
+
+A stroke (LineString) paints every pixel whose centre lies within half the stroke width of the
+line (at least half a pixel, so a 1-px curve through pixel centres paints exactly its pixels);
+an area (Polygon) paints the pixels whose centres lie inside it (the rule of
+:mod:`wsi_s2lcm.rasterize`). A pixel claimed by both classes is left unlabeled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import shapely
+
+from wsi_s2lcm.errors import AnnotationError
+from wsi_s2lcm.qupath.imports import BACKGROUND, NUCLEUS, Scribble
+from wsi_s2lcm.rasterize import rasterize_polygons
+
+logger = logging.getLogger(__name__)
+
+IGNORE = 255
+"""Target value of unlabeled pixels."""
+
+
+def rasterize_scribbles(
+    scribbles: Sequence[Scribble],
+    shape: tuple[int, int],
+    scale: float = 1.0,
+    offset_xy: tuple[float, float] = (0.0, 0.0),
+    stroke_width: float = 1.0,
+) -> np.ndarray:
+    """Paint scribbles into a sparse target.
+
+    Parameters
+    ----------
+    scribbles
+        Scribbles in a frame where raster pixel ``(x, y)`` covers ``offset + scale * [x, x + 1)``
+        (for example full-resolution image pixels and a raster at ``scale`` of them per pixel).
+    shape
+        ``(height, width)`` of the target.
+    scale
+        Frame units per raster pixel.
+    offset_xy
+        Frame coordinates of the raster's top-left corner.
+    stroke_width
+        Width of a stroke, in raster pixels.
+
+    Returns
+    -------
+    np.ndarray
+        ``uint8`` target of ``shape``: 1 nucleus, 0 background, 255 unlabeled.
+    """
+    painted = {NUCLEUS: np.zeros(shape, bool), BACKGROUND: np.zeros(shape, bool)}
+    radius = max(stroke_width / 2.0, 0.5) + 1e-6
+    areas: dict[int, list] = {NUCLEUS: [], BACKGROUND: []}
+    for scribble in scribbles:
+        geometry = shapely.transform(
+            scribble.geometry, lambda xy: (xy - np.asarray(offset_xy)) / scale
+        )
+        if scribble.is_line:
+            _paint_line(painted[scribble.label], geometry, radius)
+        else:
+            areas[scribble.label].append(geometry)
+    for label, polygons in areas.items():
+        if polygons:
+            painted[label] |= rasterize_polygons(polygons, shape, dtype=np.uint8) > 0
+    target = np.full(shape, IGNORE, np.uint8)
+    target[painted[BACKGROUND]] = 0
+    target[painted[NUCLEUS]] = 1
+    target[painted[NUCLEUS] & painted[BACKGROUND]] = IGNORE
+    return target
+
+
+def _paint_line(mask: np.ndarray, line: object, radius: float) -> None:
+    """Set the pixels of ``mask`` whose centres lie within ``radius`` of ``line``."""
+    x0, y0, x1, y1 = line.bounds
+    cols = np.arange(max(int(np.floor(x0 - radius)), 0), min(int(np.ceil(x1 + radius)) + 1, mask.shape[1]))
+    rows = np.arange(max(int(np.floor(y0 - radius)), 0), min(int(np.ceil(y1 + radius)) + 1, mask.shape[0]))
+    if not len(cols) or not len(rows):
+        return
+    cc, rr = np.meshgrid(cols, rows)
+    near = shapely.dwithin(line, shapely.points(cc.ravel() + 0.5, rr.ravel() + 0.5), radius)
+    mask[rr.ravel()[near], cc.ravel()[near]] = True
+
+
+def scribble_target(
+    scribbles: Sequence[Scribble],
+    shape: tuple[int, int],
+    scale: float,
+    stroke_width: float,
+    where: str,
+    offset_xy: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """Rasterize the scribbles of one image, refusing a result without labels.
+
+    Scribbles lying wholly outside the raster are skipped with a warning.
+
+    Parameters
+    ----------
+    scribbles, shape, scale, stroke_width, offset_xy
+        As for :func:`rasterize_scribbles`.
+    where
+        The scribble file, named in messages.
+
+    Returns
+    -------
+    np.ndarray
+        The target, with at least one labelled pixel.
+
+    Raises
+    ------
+    AnnotationError
+        If no scribble pixel falls inside the image.
+    """
+    height, width = shape
+    frame = shapely.box(
+        offset_xy[0], offset_xy[1], offset_xy[0] + width * scale, offset_xy[1] + height * scale
+    )
+    inside = [s for s in scribbles if s.geometry.intersects(frame)]
+    outside = len(scribbles) - len(inside)
+    if outside:
+        logger.warning(
+            "%s: %d of %d scribble(s) lie outside the image (%.0f x %.0f px); skipped",
+            where, outside, len(scribbles), width * scale, height * scale,
+        )
+    target = rasterize_scribbles(inside, shape, scale, offset_xy, stroke_width)
+    if not (target != IGNORE).any():
+        bounds = shapely.union_all([s.geometry for s in scribbles]).bounds
+        raise AnnotationError(
+            f"{where}: no scribble falls inside the image (scribbles span x {bounds[0]:.0f}-"
+            f"{bounds[2]:.0f}, y {bounds[1]:.0f}-{bounds[3]:.0f}; the image is "
+            f"{width * scale:.0f} x {height * scale:.0f} px); were they exported from another "
+            "image, or is --mpp wrong?"
+        )
+    return target
