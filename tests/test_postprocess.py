@@ -21,7 +21,7 @@ def _discs(shape, centres, radii, sharpness=1.5):
     """A probability map of soft discs (max over discs), 1 inside, falling off at the rim."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     probability = np.zeros(shape)
-    for (cy, cx), r in zip(centres, radii):
+    for (cy, cx), r in zip(centres, radii, strict=True):
         distance = np.hypot(yy - cy, xx - cx)
         probability = np.maximum(probability, 1.0 / (1.0 + np.exp((distance - r) / sharpness)))
     return probability
@@ -174,7 +174,7 @@ def test_label_table_matches_regionprops():
     table = label_table(labels)
     props = regionprops(labels)
     assert [row.label for row in table] == [p.label for p in props]
-    for row, prop in zip(table, props):
+    for row, prop in zip(table, props, strict=True):
         assert row.bbox == prop.bbox
         assert row.area == prop.area
         assert row.centroid_yx == pytest.approx(prop.centroid, abs=1e-9)

@@ -70,9 +70,11 @@ def test_closed_edges_do_not_cut():
     config = TilingConfig(tile_size=128, overlap=32)
     tile = tile_at(0, 0, 1000, 1000, config)  # box starts at -16: left and top are closed
     labels = np.zeros((128, 128), dtype=np.int32)
-    _disc(labels, 40, 0, 8, 1)
+    _disc(labels, 60, 25, 30, 1)  # touches the closed left edge, centroid in the core
     ownership = own_instances(labels, tile, 1000, 1000)
     assert ownership.kept == [1] and ownership.fragments == []
+    inner = tile_at(0, 1, 1000, 1000, config)  # the same object at an open left edge
+    assert own_instances(labels, inner, 1000, 1000).fragments == [1]
 
 
 def test_tiling_module_imports_no_heavy_dependency():

@@ -7,57 +7,23 @@ to exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line,
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from wsi_s2lcm import __version__
+from wsi_s2lcm.cli_evaluate import evaluate_command
+from wsi_s2lcm.cli_options import show_progress, verbosity_options
+from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import ConfigError, UserInputError
 
 logger = logging.getLogger("wsi_s2lcm")
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
-
-
-def configure_logging(verbosity: int) -> None:
-    """Send the package's log records to stderr at a level set by ``-v`` / ``-q``."""
-    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("wsi_s2lcm")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    for noisy in ("distributed", "tiatoolbox"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-
-
-def verbosity_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``-v/--verbose`` and ``-q/--quiet`` to a command and set up logging from them."""
-
-    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-    @click.option("-q", "--quiet", is_flag=True, help="Errors only; no progress bar.")
-    @functools.wraps(command)
-    def wrapper(*args: Any, verbose: int, quiet: bool, **kwargs: Any) -> Any:
-        configure_logging(-1 if quiet else verbose)
-        ctx = click.get_current_context()
-        ctx.meta["wsi_s2lcm.quiet"] = quiet
-        return command(*args, **kwargs)
-
-    return wrapper
-
-
-def show_progress() -> bool:
-    """Whether long loops should draw a progress bar (a terminal and not ``--quiet``)."""
-    ctx = click.get_current_context(silent=True)
-    quiet = bool(ctx and ctx.meta.get("wsi_s2lcm.quiet"))
-    return not quiet and sys.stderr.isatty()
 
 
 class _Group(click.Group):
@@ -211,10 +177,5 @@ def info_command(slide: Path, mpp: float | None, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
-def _register_optional_commands() -> None:
-    """Add the commands defined in their own modules."""
-    from wsi_s2lcm.cli_evaluate import evaluate_command
-    from wsi_s2lcm.cli_training import scribbles_command, train_command
-
-    for command in (scribbles_command, train_command, evaluate_command):
-        main.add_command(command)
+for _command in (scribbles_command, train_command, evaluate_command):
+    main.add_command(_command)

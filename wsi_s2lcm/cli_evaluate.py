@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from wsi_s2lcm.cli_options import verbosity_options
 from wsi_s2lcm.evaluation import evaluate_dirs
 
 
@@ -45,14 +46,13 @@ from wsi_s2lcm.evaluation import evaluate_dirs
     default=None,
     help="Folder of images whose sizes give the raster of GeoJSON-vs-GeoJSON pairs (by stem).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Write the CSV only; print no table.")
+@verbosity_options
 def evaluate_command(
     pred_dir: Path,
     gt_dir: Path,
     out_csv: Path | None,
     shape: tuple[int, int] | None,
     image_dir: Path | None,
-    quiet: bool,
 ) -> None:
     """Score predicted nuclei against ground truth, per image and on average.
 
@@ -62,6 +62,6 @@ def evaluate_command(
     if out_csv is None:
         out_csv = pred_dir / "evaluation.csv"
     result = evaluate_dirs(pred_dir, gt_dir, out_csv=out_csv, shape=shape, image_dir=image_dir)
-    if not quiet:
+    if not click.get_current_context().meta.get("wsi_s2lcm.quiet"):
         click.echo(result.format_table())
         click.echo(f"\nWrote {result.csv_path}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import shapely
@@ -112,16 +112,15 @@ def nuclei_from_labels(
     if not ids:
         return []
     labels = labels.astype(np.intp, copy=False)
-    stats = _pixel_statistics(labels, ids, rgb, probability)
     boxes = ndi.find_objects(labels, max_label=max(ids))
-    polygons = []
-    for value in ids:
-        box = boxes[value - 1] if value > 0 else None
-        if box is None:
-            raise ValueError(f"label {value} is not present in the label image.")
-        polygons.append(
-            _outline(labels[box] == value, (box[1].start, box[0].start), scale, offset_xy)
-        )
+    missing = [value for value in ids if value < 1 or boxes[value - 1] is None]
+    if missing:
+        raise ValueError(f"label {missing[0]} is not present in the label image.")
+    polygons = [
+        _outline(labels[box] == value, (box[1].start, box[0].start), scale, offset_xy)
+        for value, box in ((value, boxes[value - 1]) for value in ids)
+    ]
+    stats = _pixel_statistics(labels, ids, rgb, probability)
     geometries = np.array(polygons, dtype=object)
     invalid = ~shapely.is_valid(geometries)
     if invalid.any():
@@ -135,8 +134,8 @@ def nuclei_from_labels(
         values[HEMATOXYLIN_OD_MEAN] = float(hematoxylin[i] / count[i])
         values[PROBABILITY_MEAN] = float(probability_sum[i] / count[i])
         centroid = (
-            offset_xy[0] + scale * (sum_x[i] / count[i] + 0.5),
-            offset_xy[1] + scale * (sum_y[i] / count[i] + 0.5),
+            float(offset_xy[0] + scale * (sum_x[i] / count[i] + 0.5)),
+            float(offset_xy[1] + scale * (sum_y[i] / count[i] + 0.5)),
         )
         nuclei.append(Nucleus(geometry, values, centroid))
     return nuclei
@@ -228,14 +227,9 @@ def _outline(
         (shells if _signed_area(ring) > 0 else holes).append(xy)
     if len(shells) == 1:
         return Polygon(shells[0], holes)
+    # Not 4-connected: the pixels inside an odd number of rings are the object's.
     logger.debug("object with %d 4-connected parts traced as a MultiPolygon", len(shells))
-    parts = [Polygon(shell) for shell in shells]
-    hole_lists: list[list[np.ndarray]] = [[] for _ in shells]
-    for hole in holes:
-        inside = Polygon(hole).representative_point()
-        index = next((i for i, part in enumerate(parts) if part.contains(inside)), 0)
-        hole_lists[index].append(hole)
-    return MultiPolygon([Polygon(shell, h) for shell, h in zip(shells, hole_lists)])
+    return shapely.symmetric_difference_all([Polygon(ring) for ring in shells + holes])
 
 
 def _signed_area(ring: np.ndarray) -> float:

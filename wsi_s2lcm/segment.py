@@ -256,7 +256,7 @@ class _Outputs:
         self.area_um2 = 0.0
         self._next_label = 1
         self._geojson = GeoJSONWriter(paths.geojson, compress=export.format.endswith(".gz"))
-        self._geojson.__enter__()
+        self._geojson.open()
         self._store = None
         if export.labels:
             attrs = {
@@ -319,16 +319,14 @@ class _Outputs:
         self._store.write_where_empty(y0, x0, block)
 
     def finish(self) -> None:
-        self._geojson.__exit__(None, None, None)
+        self._geojson.close()
         if self._store is not None:
             self._store.finalize()
         if self._overlay is not None:
             self._overlay.save(self.paths.overlay)
 
     def abort(self) -> None:
-        import sys
-
-        self._geojson.__exit__(*sys.exc_info())
+        self._geojson.abort()
         if self._store is not None:
             self._store.abort()
 

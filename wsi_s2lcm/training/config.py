@@ -57,6 +57,10 @@ class TrainConfig:
         Side (px at ``mpp``) of the regions read around scribbles on a whole slide. [inferred]
     ema_every : int
         Epochs between EMA updates of the predictions. METHOD 5.
+    ema_start : int
+        EMA updates happen after epochs past this one (``(e + 1) % ema_every == 0`` and
+        ``e + 1 > ema_start``), so predictions of an untrained network can be left out.
+        METHOD 0 (updates run during warm-up from the start).
     ema_alpha : float
         EMA weight of the newest prediction. METHOD 0.2 (0.1 for MoNuSeg).
     ema_init : str
@@ -131,6 +135,7 @@ class TrainConfig:
     validate_every: int = 5
     slide_region_size: int = 1024
     ema_every: int = 5
+    ema_start: int = 0
     ema_alpha: float = 0.2
     ema_init: str = "first"
     pseudo_threshold: float = 0.8
@@ -172,7 +177,8 @@ class TrainConfig:
             (self.batch_size >= 1 and self.crops_per_image >= 1, "batch sizes must be >= 1"),
             (0 <= self.warmup_epochs <= self.epochs and self.epochs >= 1,
              "need 1 <= epochs and 0 <= warmup_epochs <= epochs"),
-            (self.ema_every >= 1 and self.validate_every >= 1, "intervals must be >= 1"),
+            (self.ema_every >= 1 and self.validate_every >= 1 and self.ema_start >= 0,
+             "intervals must be >= 1 and ema_start >= 0"),
             (0 < self.ema_alpha <= 1, "ema_alpha must lie in (0, 1]"),
             (self.ema_init in ("first", "bias_correct", "zero"),
              "ema_init must be first, bias_correct or zero"),

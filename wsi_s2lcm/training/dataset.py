@@ -30,6 +30,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff")
 SCRIBBLE_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 MAX_PLAIN_PIXELS = 64_000_000
+MANIFEST_FILE = "scribbles.json"
+"""Written by ``wsi-s2lcm scribbles`` beside the generated files; not a scribble file."""
 
 
 @dataclasses.dataclass
@@ -97,7 +99,7 @@ def pair_files(
     scribbles = {
         file_stem(p): p
         for p in sorted(scribbles_dir.iterdir())
-        if p.is_file() and p.name.lower().endswith(SCRIBBLE_SUFFIXES)
+        if p.is_file() and p.name.lower().endswith(SCRIBBLE_SUFFIXES) and p.name != MANIFEST_FILE
     }
     if stems is None:
         wanted = sorted(set(images) & set(scribbles))

@@ -1,0 +1,45 @@
+"""Options and logging set-up shared by every ``wsi-s2lcm`` command."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send the package's log records to stderr at a level set by ``-v`` / ``-q``."""
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("wsi_s2lcm")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    for noisy in ("distributed", "tiatoolbox"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def verbosity_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``-v/--verbose`` and ``-q/--quiet`` to a command and set up logging from them."""
+
+    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    @click.option("-q", "--quiet", is_flag=True, help="Errors only; no progress bar.")
+    @functools.wraps(command)
+    def wrapper(*args: Any, verbose: int, quiet: bool, **kwargs: Any) -> Any:
+        configure_logging(-1 if quiet else verbose)
+        ctx = click.get_current_context()
+        ctx.meta["wsi_s2lcm.quiet"] = quiet
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def show_progress() -> bool:
+    """Whether long loops should draw a progress bar (a terminal and not ``--quiet``)."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx and ctx.meta.get("wsi_s2lcm.quiet"))
+    return not quiet and sys.stderr.isatty()

@@ -1,0 +1,211 @@
+"""The ``scribbles`` and ``train`` commands (registered on the main group by :mod:`wsi_s2lcm.cli`).
+
+Both raise :class:`~wsi_s2lcm.errors.UserInputError` subclasses for bad input; the main group
+turns them into a one-line message and exit code 2. ``python -m wsi_s2lcm.cli_training`` runs
+the two commands stand-alone with INFO logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from wsi_s2lcm.errors import ConfigError, OutputExistsError
+from wsi_s2lcm.training.dataset import MANIFEST_FILE
+
+logger = logging.getLogger(__name__)
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+@click.command("scribbles")
+@click.option("--masks", "masks_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of instance label images (0 = background, 1..N = nuclei).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for one QuPath GeoJSON file per label image.")
+@click.option("--images", "images_dir", default=None,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Images the labels belong to: each label image must have one of equal size.")
+@click.option("--ratio", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of nuclei that get a scribble.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option("--overwrite", is_flag=True, help="Replace existing scribble files.")
+def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, ratio: float,
+                      seed: int, overwrite: bool) -> None:
+    """Generate scribbles from instance masks (the Scribble2Label recipe), as QuPath GeoJSON."""
+    from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
+
+    masks = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    if not masks:
+        raise ConfigError(f"{masks_dir}: no label images (*.png, *.tif) found.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"ratio": ratio, "seed": seed, "masks": str(masks_dir), "files": {}}
+    for mask_path in masks:
+        out_path = out_dir / f"{mask_path.stem}.geojson"
+        if out_path.exists() and not overwrite:
+            raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it.")
+        labels = _read_labels(mask_path)
+        if images_dir is not None:
+            _check_image(images_dir, mask_path.stem, labels.shape)
+        counts = write_scribbles_from_labels(labels, out_path, ratio,
+                                             image_seed(seed, mask_path.stem))
+        manifest["files"][mask_path.stem] = counts
+        logger.info("%s: %d nucleus and %d background scribbles (%d nuclei)", out_path,
+                    counts["nucleus_scribbles"], counts["background_scribbles"], counts["nuclei"])
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def _read_labels(path: Path):
+    import numpy as np
+
+    try:
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                labels = np.array(image)
+        else:
+            import tifffile
+
+            labels = tifffile.imread(path)
+    except Exception as error:  # PIL and tifffile raise many types for bad files
+        raise ConfigError(f"{path}: cannot read the label image ({error}).") from None
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"{path}: expected a 2-D integer label image, got {labels.dtype} "
+                          f"{labels.shape}.")
+    return labels
+
+
+def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
+    from wsi_s2lcm.training.dataset import IMAGE_SUFFIXES, read_plain_image
+
+    found = [p for p in images_dir.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not found:
+        raise ConfigError(f"{images_dir}: no image named {stem}.* for its label image.")
+    image_shape = read_plain_image(found[0]).shape[:2]
+    if image_shape != tuple(shape):
+        raise ConfigError(f"{found[0]}: size {image_shape} differs from its label image's {shape}.")
+
+
+@click.command("train")
+@click.option("--images", "images_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images or slides.")
+@click.option("--scribbles", "scribbles_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of QuPath GeoJSON scribbles, one per image, named like the image.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model directory to write.")
+@click.option("--config", "config_path", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML file of training settings (see docs/TRAINING.md).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override epochs.")
+@click.option("--mpp", "image_mpp", type=click.FloatRange(0, min_open=True), default=None,
+              help="µm/px of the images (required for plain images; MoNuSeg: 0.25).")
+@click.option("--model-mpp", type=click.FloatRange(0, min_open=True), default=None,
+              help="µm/px the model works at (config 'mpp', default 0.5).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Override the config's seed.")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Images held back to select the model on their scribbles (without --split).")
+@click.option("--split", "split_path", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file of stem lists, e.g. {\"train\": [...], \"validation\": [...]}.")
+@click.option("--subset", default="train", show_default=True,
+              help="Key of the split's training list; its 'validation' list is held back.")
+@click.option("--licence", default=None, help="Licence of the weights, for the model card.")
+@click.option("--name", default=None, help="Model name (default: the --out folder's name).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
+def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_path: Path | None,
+                  epochs: int | None, image_mpp: float | None, model_mpp: float | None,
+                  device: str, seed: int | None, validation_fraction: float | None,
+                  split_path: Path | None, subset: str, licence: str | None, name: str | None,
+                  threads: int | None, resume: bool, overwrite: bool) -> None:
+    """Train a nucleus model from QuPath scribbles (S2L-CM) and write its model directory."""
+    import torch
+
+    from wsi_s2lcm.training.config import load_train_config
+    from wsi_s2lcm.training.dataset import load_pair, pair_files, split_stems
+    from wsi_s2lcm.training.trainer import train_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu.")
+    config = load_train_config(config_path, {
+        "epochs": epochs, "mpp": model_mpp, "seed": seed,
+        "validation_fraction": validation_fraction, "licence": licence,
+    })
+    if split_path is not None:
+        train_stems, val_stems = _read_split(split_path, subset)
+    else:
+        stems = [stem for stem, _, _ in pair_files(images_dir, scribbles_dir)]
+        train_stems, val_stems = split_stems(stems, config.validation_fraction, config.seed)
+    pairs = {stem: (image, scribble)
+             for stem, image, scribble in pair_files(images_dir, scribbles_dir,
+                                                     train_stems + val_stems)}
+    started = time.time()
+    loaded = {stem: load_pair(stem, *pairs[stem], image_mpp, config) for stem in pairs}
+    train_images = [t for stem in train_stems for t in loaded[stem]]
+    val_images = [t for stem in val_stems for t in loaded[stem]]
+    logger.info("loaded %d training and %d held-out image(s) at %.3f µm/px in %.0f s",
+                len(train_images), len(val_images), config.mpp, time.time() - started)
+    record = {
+        "command": shlex.join(["wsi-s2lcm"] + sys.argv[1:]),
+        "data": {"images": str(images_dir), "scribbles": str(scribbles_dir),
+                 "image_mpp": image_mpp, "train": train_stems, "validation": val_stems,
+                 "split": str(split_path) if split_path else None},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    manifest = scribbles_dir / MANIFEST_FILE
+    if manifest.is_file():
+        generated = json.loads(manifest.read_text(encoding="utf-8"))
+        record["scribbles"] = {k: generated.get(k) for k in ("ratio", "seed", "masks")}
+    result = train_model(train_images, val_images, config, out_dir, device=device, resume=resume,
+                         overwrite=overwrite, name=name, record=record)
+    logger.info("model written to %s (best epoch %d: %s)", result.path, result.best_epoch,
+                ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
+                          if isinstance(v, float)))
+
+
+def _read_split(path: Path, subset: str) -> tuple[list[str], list[str]]:
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the split file ({error}).") from None
+    if not isinstance(split, dict) or not isinstance(split.get(subset), list) or not split[subset]:
+        raise ConfigError(f"{path}: needs a non-empty list of stems under {subset!r}.")
+    held = split.get("validation", []) if subset != "validation" else []
+    overlap = set(split[subset]) & set(held)
+    if overlap:
+        raise ConfigError(f"{path}: stems in both {subset!r} and 'validation': {sorted(overlap)}.")
+    return list(split[subset]), list(held)
+
+
+def _standalone() -> None:
+    """Run the two commands without the main group (``python -m wsi_s2lcm.cli_training``)."""
+    from wsi_s2lcm.errors import UserInputError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    group = click.Group("wsi-s2lcm-training", commands=[scribbles_command, train_command])
+    try:
+        group.main(standalone_mode=False)
+    except UserInputError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(2)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    _standalone()

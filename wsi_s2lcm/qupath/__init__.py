@@ -1,0 +1,1 @@
+"""The only package that knows QuPath: GeoJSON export of detections and import of scribbles."""

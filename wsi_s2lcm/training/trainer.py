@@ -1,0 +1,360 @@
+"""The S2L-CM training loop: warm-up on scribbles, then pseudo labels, MCR and pixel MIL.
+
+Epoch ``e`` (0-based) draws ``crops_per_image`` augmented crops of every training image. Before
+``warmup_epochs`` the loss is the partial cross-entropy on scribbles (L_s); afterwards
+
+    L = L_s + w_p L_p + w_full R_full + w_quarter R_quarter + w_mil L_pMIL
+
+with each term switchable. Every ``ema_every`` epochs (from ``ema_start``) the network predicts
+each whole training image and the EMA maps are updated. Every ``validate_every`` epochs the
+held-out scribbles are scored, ``MODEL_DIR/last`` is written, ``MODEL_DIR`` itself is replaced
+when the held-out partial cross-entropy improved, and ``MODEL_DIR/train_state/state.pt``
+(network, optimizer, EMA maps; tensors and plain values only) lets ``resume`` continue.
+Randomness is re-seeded from ``(seed, epoch)`` every epoch, so a resumed run draws the same
+crops as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import wsi_s2lcm
+from wsi_s2lcm.errors import ConfigError, OutputExistsError
+from wsi_s2lcm.models import ModelCard, save_model
+from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
+from wsi_s2lcm.training import losses
+from wsi_s2lcm.training.augment import augment_sample
+from wsi_s2lcm.training.config import TrainConfig
+from wsi_s2lcm.training.dataset import TrainImage
+from wsi_s2lcm.training.evaluate import (
+    IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
+)
+from wsi_s2lcm.training.pseudo import EmaMaps
+from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "train_state"
+STATE_FILE = "state.pt"
+LAST_DIR = "last"
+SELECT_METRIC = "val_pce"
+_RESUMABLE_CHANGES = {"epochs", "validate_every"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Where the model went and how it scored."""
+
+    path: Path
+    best_epoch: int
+    metrics: dict
+
+
+def train_model(
+    train_images: Sequence[TrainImage],
+    val_images: Sequence[TrainImage],
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    name: str | None = None,
+    record: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train a model from scribbles and write its model directory.
+
+    Parameters
+    ----------
+    train_images, val_images
+        Training images, and images whose scribbles select the checkpoint (may be empty: then
+        the last epoch is kept).
+    config
+        The training configuration.
+    out_dir
+        Model directory to write (see the module docstring for its layout).
+    device
+        ``"cpu"`` or a CUDA device such as ``"cuda"``/``"cuda:0"``.
+    resume
+        Continue from ``out_dir/train_state/state.pt``.
+    overwrite
+        Replace an existing model directory instead of refusing.
+    name
+        Model name on the card (the directory name by default).
+    record
+        Extra training record for the card (command line, data, scribble ratio...).
+
+    Returns
+    -------
+    TrainResult
+    """
+    if not train_images:
+        raise ConfigError("no training images; check --images, --scribbles and the split.")
+    out_dir = Path(out_dir)
+    state_path = out_dir / STATE_DIR / STATE_FILE
+    if resume and not state_path.is_file():
+        raise ConfigError(f"{out_dir}: nothing to resume (no {STATE_DIR}/{STATE_FILE}).")
+    if not resume and not overwrite and (out_dir / "card.json").exists():
+        raise OutputExistsError(f"{out_dir}: a model exists; pass --resume or --overwrite.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    amp = config.amp and device.startswith("cuda")
+    torch.manual_seed(config.seed)
+    network = build_network(config.architecture()).to(device)
+    optimizer = _optimizer(network, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    ema = EmaMaps(config.ema_alpha, config.pseudo_threshold, config.ema_init)
+    run = {"epoch": 0, "best": float("inf"), "best_epoch": -1, "best_metrics": {},
+           "seconds": 0.0}
+    history: list[dict[str, Any]] = []
+    if resume:
+        _load_state(state_path, config, network, optimizer, scaler, ema, run)
+        history = [r for r in read_log(out_dir) if r["epoch"] < run["epoch"]]
+        logger.info("resuming %s at epoch %d", out_dir, run["epoch"] + 1)
+    context = _Context(network, config, device, amp, name or out_dir.resolve().name,
+                       dict(record or {}), [t.key for t in val_images])
+    for epoch in range(run["epoch"], config.epochs):
+        started = time.time()
+        entry = _train_epoch(context, train_images, ema, optimizer, scaler, epoch)
+        if (epoch + 1) % config.ema_every == 0 and epoch + 1 > config.ema_start:
+            _update_ema(context, train_images, ema)
+        run["seconds"] += time.time() - started
+        entry.update(epoch=epoch + 1, seconds=round(time.time() - started, 2))
+        checkpoint = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
+        if checkpoint:
+            entry.update(_validate(context, val_images))
+        history.append(entry)
+        logger.info(_format_entry(entry, config.epochs))
+        if checkpoint:
+            run["epoch"] = epoch + 1
+            _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
+    return TrainResult(out_dir, run["best_epoch"], run["best_metrics"])
+
+
+@dataclasses.dataclass
+class _Context:
+    network: torch.nn.Module
+    config: TrainConfig
+    device: str
+    amp: bool
+    name: str
+    record: dict
+    val_keys: list
+
+
+def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    encoder = {id(p) for m in network.encoder_modules() for p in m.parameters()}
+    groups = [
+        {"params": [p for p in network.parameters() if id(p) in encoder], "lr": config.lr_encoder},
+        {"params": [p for p in network.parameters() if id(p) not in encoder],
+         "lr": config.lr_decoder},
+    ]
+    return torch.optim.RAdam(groups, weight_decay=config.weight_decay)
+
+
+def _train_epoch(context, images, ema, optimizer, scaler, epoch) -> dict[str, Any]:
+    config, network = context.config, context.network
+    rng = np.random.default_rng([config.seed, epoch])
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    torch.manual_seed(config.seed * 1_000_003 + epoch)
+    warm = epoch < config.warmup_epochs
+    if not warm and not ema.maps and config.use_pseudo:
+        _update_ema(context, images, ema)
+    order = rng.permutation(np.repeat(np.arange(len(images)), config.crops_per_image))
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    sums: dict[str, float] = {}
+    network.train()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=not sys.stderr.isatty())
+    step_started = time.time()
+    for batch in bar:
+        x, scribbles, prior = _make_batch(images, batch, ema, config, rng, use_prior=not warm)
+        x, scribbles = x.to(context.device), scribbles.to(context.device)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=context.amp):
+            logits, features = network.forward_features(x)
+            terms = _loss_terms(network, logits, features, scribbles, prior, config, generator,
+                                warm)
+        total = sum(_weights(config)[k] * v for k, v in terms.items())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        terms["loss"] = total
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+    entry = {key: value / len(batches) for key, value in sums.items()}
+    entry["stage"] = "warm-up" if warm else "s2lcm"
+    entry["seconds_per_step"] = round((time.time() - step_started) / len(batches), 3)
+    return entry
+
+
+def _weights(config: TrainConfig) -> dict[str, float]:
+    return {"pce": 1.0, "pseudo": config.pseudo_weight, "mcr_full": config.mcr_full_weight,
+            "mcr_quarter": config.mcr_quarter_weight, "mil": config.mil_weight}
+
+
+def _make_batch(images, batch, ema, config, rng, use_prior):
+    crops, targets, priors = [], [], []
+    for index in batch:
+        item = images[index]
+        prior = ema.estimate(item.key) if use_prior else None
+        rgb, target, prior = augment_sample(item.image, item.target, prior, config, rng)
+        crops.append(rgb)
+        targets.append(target)
+        priors.append(np.full(target.shape, 0.5, np.float32) if prior is None else prior)
+    x = normalize(np.stack(crops))
+    scribbles = torch.from_numpy(np.stack(targets)).long()
+    return x, scribbles, torch.from_numpy(np.stack(priors)) if use_prior else None
+
+
+def _loss_terms(network, logits, features, scribbles, prior, config, generator, warm):
+    terms = {"pce": losses.partial_cross_entropy(logits, scribbles)}
+    if warm:
+        return terms
+    probability = torch.softmax(logits.detach().float(), dim=1)[:, 1]
+    labelled = scribbles != losses.IGNORE
+    pseudo = None
+    if prior is not None:
+        prior = prior.to(logits.device)
+        pseudo = losses.binarize(prior, config.pseudo_threshold)
+    if config.use_pseudo and pseudo is not None:
+        terms["pseudo"] = losses.partial_cross_entropy(
+            logits, torch.where(labelled, torch.full_like(pseudo, losses.IGNORE), pseudo)
+        )
+    if config.use_mcr:
+        if config.mcr_labels == "pseudo" and pseudo is not None:
+            labels = torch.where(labelled, scribbles, pseudo)
+        else:
+            labels = torch.where(labelled, scribbles, losses.binarize(probability,
+                                                                      config.mcr_threshold))
+        full = network.projection_full(features[-1])
+        terms["mcr_full"] = losses.contrastive_loss(
+            full, labels, config.mcr_full_temperature, config.mcr_max_samples,
+            config.mcr_min_samples, generator)
+        quarter = network.projection_quarter(features[QUARTER_LEVEL])
+        terms["mcr_quarter"] = losses.contrastive_loss(
+            quarter, losses.block_labels(labels, 4), config.mcr_quarter_temperature,
+            config.mcr_max_samples, config.mcr_min_samples, generator)
+    if config.use_mil:
+        labels = torch.where(labelled, scribbles, losses.binarize(probability,
+                                                                  config.mil_threshold))
+        index, bag_labels = losses.make_bags(labels, config.mil_bags, config.mil_bag_size,
+                                             generator)
+        bags, size = index.shape[:2], tuple(logits.shape[-2:])
+        columns = losses.sample_features(
+            [features[i] for i in HYPERCOLUMN_LEVELS], index.reshape(-1, 3).to(logits.device), size
+        ).reshape(*bags, -1)
+        bag_logits, _ = network.mil(columns)
+        terms["mil"] = losses.mil_loss(bag_logits, bag_labels)
+    return terms
+
+
+def _update_ema(context, images, ema) -> None:
+    for item in images:
+        ema.update(item.key, predict_probability(context.network, item.image, context.device,
+                                                 context.amp))
+
+
+def _validate(context, images) -> dict[str, Any]:
+    if not images:
+        return {}
+    probabilities = [predict_probability(context.network, t.image, context.device, context.amp)
+                     for t in images]
+    return scribble_metrics(probabilities, [t.target for t in images])
+
+
+def _format_entry(entry: dict[str, Any], epochs: int) -> str:
+    keys = ("loss", "pce", "pseudo", "mcr_full", "mcr_quarter", "mil", "val_pce",
+            "val_balanced_accuracy")
+    values = " ".join(f"{k}={entry[k]:.4f}" for k in keys if entry.get(k) is not None)
+    return (f"epoch {entry['epoch']}/{epochs} [{entry['stage']}] {values} "
+            f"({entry['seconds']:.0f} s, {entry['seconds_per_step']:.2f} s/step)")
+
+
+def _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema) -> None:
+    metrics = {k: v for k, v in entry.items() if k.startswith("val_")}
+    score = metrics.get(SELECT_METRIC, float("nan"))
+    improved = not context.val_keys or (score == score and score < run["best"])
+    if improved:
+        run.update(best=score if score == score else run["best"], best_epoch=entry["epoch"],
+                   best_metrics=metrics)
+    save_model(out_dir / LAST_DIR, _card(context, entry["epoch"], metrics, run), context.network)
+    if improved:
+        save_model(out_dir, _card(context, entry["epoch"], metrics, run), context.network)
+    _save_state(out_dir / STATE_DIR / STATE_FILE, context.config, context.network, optimizer,
+                scaler, ema, run)
+    write_log(out_dir, history)
+    plot_curves(out_dir, history)
+    if improved:
+        logger.info("epoch %d: model written to %s (%s=%.4f)", entry["epoch"], out_dir,
+                    SELECT_METRIC, score)
+
+
+def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
+    config = context.config
+    training = {
+        **context.record,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "epoch": epoch,
+        "epochs_planned": config.epochs,
+        "training_seconds": round(run["seconds"], 1),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hardware": {**hardware(), "device": context.device, "amp": context.amp},
+    }
+    described = {"selection": f"lowest {SELECT_METRIC} on held-out scribbles",
+                 "held_out_images": context.val_keys, **metrics}
+    return ModelCard(
+        name=context.name,
+        architecture={**DEFAULT_ARCHITECTURE, **config.architecture()},
+        mpp=config.mpp,
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        postprocess={},
+        training=training,
+        metrics=described,
+        licence=config.licence,
+        version=wsi_s2lcm.__version__,
+    )
+
+
+def _save_state(path: Path, config, network, optimizer, scaler, ema, run) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": config.to_dict(),
+        "network": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema_maps": {k: torch.from_numpy(v) for k, v in ema.maps.items()},
+        "ema_counts": dict(ema.counts),
+        "run": dict(run),
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _load_state(path: Path, config, network, optimizer, scaler, ema, run) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state["config"]
+    changed = sorted(k for k, v in config.to_dict().items()
+                     if k not in _RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        raise ConfigError(
+            f"{path}: the run was started with other settings ({', '.join(changed)}); resume "
+            "with the same config (only epochs and validate_every may change)."
+        )
+    network.load_state_dict(state["network"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    ema.maps = {k: v.numpy() for k, v in state["ema_maps"].items()}
+    ema.counts = {k: int(v) for k, v in state["ema_counts"].items()}
+    run.update(state["run"])
