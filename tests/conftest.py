@@ -28,3 +28,24 @@ def slides_dir(shared_data: Path) -> Path:
 def monuseg_dir(shared_data: Path) -> Path:
     """The MoNuSeg 2018 training set (30 images with instance labels)."""
     return shared_data / "monuseg-train"
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory) -> Path:
+    """A model directory with random weights: for plumbing tests only, never for quality."""
+    import torch
+
+    from wsi_s2lcm.models import ModelCard, save_model
+    from wsi_s2lcm.network import build_network
+
+    torch.manual_seed(0)
+    architecture = {"encoder": "resnet18"}
+    card = ModelCard(
+        name="untrained-test-model",
+        architecture=architecture,
+        mpp=0.5,
+        normalization={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        postprocess={},
+        training={"note": "random initialization, for plumbing tests"},
+    )
+    return save_model(tmp_path_factory.mktemp("model") / "untrained", card, build_network(architecture))

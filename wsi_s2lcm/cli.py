@@ -115,11 +115,11 @@ def segment_command(
     export = ExportConfig(
         format=fmt, labels=not no_labels, overlay=not no_overlay, overwrite=overwrite
     )
-    resolve_model(model)
-    resolve_device(device)
     for path in slides:
         with open_slide(path, mpp=mpp) as slide:
             check_readable(slide)
+    resolve_model(model)
+    resolve_device(device)
     with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
         for path in slides:
             summary = segment_slide(

@@ -1,0 +1,120 @@
+"""The command line: exit codes, one-line errors, no partial output, info and models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from wsi_s2lcm.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_info_on_a_real_slide(slides_dir):
+    result = run("info", slides_dir / "CMU-1-Small-Region.svs", "--json")
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert info["dimensions"] == [2220, 2967]
+    assert abs(info["mpp"] - 0.499) < 0.001
+    assert info["vendor"] == "aperio"
+    assert "macro" in info["associated_images"]
+
+
+def test_info_on_a_slide_without_mpp(slides_dir):
+    result = run("info", slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
+    assert result.exit_code == 0
+    assert "mpp: None" in result.output
+    assert "levels" in result.output
+
+
+def _bad_inputs(tmp_path, slides_dir):
+    text = tmp_path / "notes.svs"
+    text.write_text("this is not a slide\n")
+    truncated = tmp_path / "truncated.svs"
+    data = (slides_dir / "CMU-1-Small-Region.svs").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    return {
+        "missing": tmp_path / "missing.svs",
+        "directory": tmp_path,
+        "not a slide": text,
+        "truncated": truncated,
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not a slide", "truncated"])
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, slides_dir, untrained_model, kind):
+    (tmp_path / "in").mkdir()
+    bad = _bad_inputs(tmp_path / "in", slides_dir)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["segment", str(bad[kind]), "--out", str(out), "--model", str(untrained_model)]
+    )
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert bad[kind].name in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_slide_without_mpp_is_refused_with_a_hint(tmp_path, slides_dir, untrained_model):
+    result = CliRunner().invoke(
+        main,
+        ["segment", str(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"), "--out", str(tmp_path),
+         "--model", str(untrained_model)],
+    )
+    assert result.exit_code == 2
+    assert "--mpp" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_model_and_bad_options_exit_2(tmp_path, slides_dir):
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    result = CliRunner().invoke(main, ["segment", str(slide), "--out", str(tmp_path), "--model", "nope"])
+    assert result.exit_code == 2 and "nope" in result.output
+    result = CliRunner().invoke(main, ["segment", str(slide), "--out", str(tmp_path), "--tile-size", "100"])
+    assert result.exit_code == 2 and "tile_size" in result.output
+
+
+def test_existing_output_needs_overwrite(tmp_path, monuseg_dir, untrained_model):
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    args = ["segment", str(image), "--out", str(tmp_path), "--mpp", "0.25", "--model",
+            str(untrained_model), "--workers", "0", "--tile-size", "256", "-q"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    outputs = sorted(p.name for p in tmp_path.iterdir())
+    assert outputs == sorted(
+        ["TCGA-18-5592-01Z-00-DX1.geojson", "TCGA-18-5592-01Z-00-DX1.json",
+         "TCGA-18-5592-01Z-00-DX1.overlay.png", "TCGA-18-5592-01Z-00-DX1.zarr"]
+    )
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert CliRunner().invoke(main, args + ["--overwrite"]).exit_code == 0
+
+
+def test_console_script_runs(slides_dir):
+    exe = shutil.which("wsi-s2lcm")
+    assert exe, "the console script is not installed (pip install -e .)"
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("segment", "train", "scribbles", "evaluate", "models", "info"):
+        assert command in result.stdout
+    bad = subprocess.run([exe, "segment", "nothing.svs", "--out", "x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nothing.svs" in bad.stderr
+
+
+def test_cuda_request_without_cuda_is_refused(tmp_path, monuseg_dir, untrained_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    result = CliRunner().invoke(main, ["segment", str(image), "--out", str(tmp_path), "--mpp",
+                                       "0.25", "--model", str(untrained_model), "--device", "cuda"])
+    assert result.exit_code == 2 and "CUDA" in result.output
