@@ -33,8 +33,8 @@ encoder: resnet18
 crop_size: 256
 batch_size: 8
 crops_per_image: 4
-epochs: 100
-warmup_epochs: 40
+epochs: 120
+warmup_epochs: 45
 lr_encoder: 0.001
 lr_decoder: 0.003
 ema_every: 4
