@@ -67,7 +67,10 @@ class Dispatcher:
 
 @contextlib.contextmanager
 def open_dispatcher(
-    workers: int = 1, scheduler: str | None = None, processes: bool = False
+    workers: int = 1,
+    scheduler: str | None = None,
+    processes: bool = False,
+    timeout: float = 20.0,
 ) -> Iterator[Dispatcher]:
     """Start (or connect to) a Dask cluster for the duration of a ``with`` block.
 
@@ -81,6 +84,8 @@ def open_dispatcher(
         its scheduler file.
     processes
         Local workers are processes rather than threads.
+    timeout
+        Seconds to wait for a running scheduler.
 
     Yields
     ------
@@ -98,9 +103,9 @@ def open_dispatcher(
         if scheduler is not None:
             try:
                 if scheduler.endswith(".json"):
-                    client = Client(scheduler_file=scheduler, timeout="20s")
+                    client = Client(scheduler_file=scheduler, timeout=timeout)
                 else:
-                    client = Client(scheduler, timeout="20s")
+                    client = Client(scheduler, timeout=timeout)
             except (OSError, TimeoutError) as error:
                 raise ConfigError(
                     f"--scheduler {scheduler}: cannot reach the Dask scheduler ({error}); check "

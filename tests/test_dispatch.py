@@ -1,0 +1,75 @@
+"""The Dask dispatcher: local threads, processes, a running scheduler, errors, bounded flight."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from wsi_s2lcm.dispatch import Dispatcher, open_dispatcher
+from wsi_s2lcm.errors import ConfigError
+
+
+def square(x: int, offset: int) -> int:
+    return x * x + offset
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise RuntimeError("three")
+    return x
+
+
+def test_local_threads_return_every_result():
+    with open_dispatcher(workers=2) as dispatcher:
+        assert dispatcher.client is not None
+        results = sorted(dispatcher.imap_unordered(square, range(20), 1))
+    assert results == [x * x + 1 for x in range(20)]
+
+
+def test_in_thread_mode_needs_no_dask():
+    with open_dispatcher(workers=0) as dispatcher:
+        assert dispatcher.client is None
+        assert list(dispatcher.imap_unordered(square, [1, 2], 0)) == [1, 4]
+
+
+def test_running_scheduler_is_used():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster:
+        with open_dispatcher(scheduler=cluster.scheduler_address) as dispatcher:
+            assert sorted(dispatcher.imap_unordered(square, range(5), 0)) == [0, 1, 4, 9, 16]
+
+
+def test_unreachable_scheduler_is_a_config_error():
+    with pytest.raises(ConfigError, match="scheduler"):
+        with open_dispatcher(scheduler="tcp://127.0.0.1:1", timeout=2):
+            pass
+
+
+def test_task_errors_reach_the_caller():
+    with open_dispatcher(workers=2) as dispatcher:
+        with pytest.raises(RuntimeError, match="three"):
+            list(dispatcher.imap_unordered(fail_on_three, range(6)))
+
+
+def test_items_are_pulled_lazily():
+    pulled = []
+    lock = threading.Lock()
+
+    def items():
+        for i in range(50):
+            with lock:
+                pulled.append(i)
+            yield i
+
+    dispatcher = Dispatcher(None, in_flight=1)
+    iterator = dispatcher.imap_unordered(square, items(), 0)
+    next(iterator)
+    assert len(pulled) == 1
+    with open_dispatcher(workers=1) as dispatcher:
+        pulled.clear()
+        iterator = dispatcher.imap_unordered(square, items(), 0)
+        next(iterator)
+        assert len(pulled) <= dispatcher.in_flight + 1
