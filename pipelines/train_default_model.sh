@@ -33,12 +33,12 @@ encoder: resnet18
 crop_size: 256
 batch_size: 8
 crops_per_image: 4
-epochs: 120
-warmup_epochs: 45
+epochs: 150
+warmup_epochs: 55
 lr_encoder: 0.001
 lr_decoder: 0.003
 ema_every: 4
-ema_start: 20
+ema_start: 25
 ema_alpha: 0.1
 ema_init: first
 pseudo_threshold: 0.95

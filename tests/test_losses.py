@@ -46,9 +46,9 @@ def test_binarize_leaves_the_uncertain_band_unlabelled():
 
 def test_block_labels_keep_only_unanimous_blocks():
     labels = torch.zeros(1, 4, 8, dtype=torch.long)
-    labels[0, :2, 2:4] = 1           # a mixed block (top-left 4x4 region is mixed? no: cols 0-3)
-    labels[0, :, 4:] = 1             # right half all nucleus
-    labels[0, 3, 7] = IGNORE         # but one ignored pixel spoils the right block
+    labels[0, :2, 2:4] = 1  # the left block is mixed
+    labels[0, :, 4:] = 1  # the right block is nucleus...
+    labels[0, 3, 7] = IGNORE  # ...but one ignored pixel spoils it
     blocks = block_labels(labels, 4)
     assert blocks.tolist() == [[[IGNORE, IGNORE]]]
     labels[0, 3, 7] = 1

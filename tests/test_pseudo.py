@@ -46,8 +46,8 @@ def test_bias_correction_recovers_a_constant_prediction(count):
 
 
 def test_pseudo_labels_are_strict_thresholds_on_both_sides():
-    ybar = np.array([0.0, 0.04, 0.05, 0.5, 0.95, 0.951, 1.0])
-    assert pseudo_labels(ybar, 0.95).tolist() == [0, 0, IGNORE, IGNORE, IGNORE, 1, 1]
+    ybar = np.array([0.0, 0.24, 0.25, 0.5, 0.75, 0.76, 1.0])
+    assert pseudo_labels(ybar, 0.75).tolist() == [0, 0, IGNORE, IGNORE, IGNORE, 1, 1]
 
 
 def test_scribbles_override_pseudo_labels():
