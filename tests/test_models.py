@@ -1,0 +1,80 @@
+"""Model directories: cards, safe weights, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from wsi_s2lcm.errors import ModelError
+from wsi_s2lcm.models import CARD_FILE, WEIGHTS_FILE, load_model, read_card, resolve_model
+from wsi_s2lcm.predictor import TorchPredictor
+
+
+def test_a_saved_model_loads_and_predicts(untrained_model):
+    model = load_model(untrained_model)
+    assert model.card.mpp == 0.5
+    predictor = TorchPredictor(model, device="cpu")
+    batch = np.full((2, 100, 70, 3), 200, dtype=np.uint8)
+    probability = predictor(batch)
+    assert probability.shape == (2, 100, 70) and probability.dtype == np.float32
+    assert ((probability >= 0) & (probability <= 1)).all()
+
+
+def test_training_heads_are_not_saved(untrained_model):
+    from safetensors import safe_open
+
+    with safe_open(str(untrained_model / WEIGHTS_FILE), "pt") as weights:
+        keys = list(weights.keys())
+    assert keys and not any(k.startswith(("projection_", "mil.")) for k in keys)
+
+
+@pytest.fixture()
+def model_copy(tmp_path, untrained_model):
+    return shutil.copytree(untrained_model, tmp_path / "copy")
+
+
+def test_missing_weights(model_copy):
+    (model_copy / WEIGHTS_FILE).unlink()
+    with pytest.raises(ModelError, match="weights.safetensors"):
+        load_model(model_copy)
+
+
+def test_a_pickle_is_not_accepted_as_weights(model_copy):
+    import torch
+
+    torch.save({"anything": torch.zeros(1)}, model_copy / WEIGHTS_FILE)
+    with pytest.raises(ModelError, match="cannot read the weights"):
+        load_model(model_copy)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda card: card.pop("mpp"), "missing"),
+        (lambda card: card.update(extra=1), "unknown"),
+        (lambda card: card.update(mpp=-1), "mpp"),
+        (lambda card: card.update(format=99), "newer"),
+    ],
+)
+def test_bad_cards_are_refused(model_copy, edit, message):
+    card = json.loads((model_copy / CARD_FILE).read_text())
+    edit(card)
+    (model_copy / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=message):
+        read_card(model_copy)
+
+
+def test_not_json_card(model_copy):
+    (model_copy / CARD_FILE).write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_card(model_copy)
+
+
+def test_unknown_model_names_the_shipped_ones(tmp_path):
+    with pytest.raises(ModelError, match="wsi-s2lcm models"):
+        resolve_model("no-such-model")
+    with pytest.raises(ModelError, match=CARD_FILE):
+        resolve_model(tmp_path)

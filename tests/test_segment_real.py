@@ -1,0 +1,146 @@
+"""The shipped default model on real slides: seams, tiled vs untiled, QuPath rules, formats.
+
+These runs use the real network on the CPU; each slide takes seconds at the model's 0.5 µm/px.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from shapely import STRtree
+from shapely.geometry import shape
+
+from wsi_s2lcm.cli import main
+from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
+from wsi_s2lcm.metrics import compute_overlaps
+from wsi_s2lcm.models import load_model
+from wsi_s2lcm.postprocess import instances_from_probability
+from wsi_s2lcm.predictor import TorchPredictor
+from wsi_s2lcm.qupath.export import read_features
+from wsi_s2lcm.rasterize import rasterize_polygons
+from wsi_s2lcm.segment import segment_slide
+from wsi_s2lcm.slide import open_slide
+from wsi_s2lcm.store import LabelStore
+
+MONUSEG_IMAGE = "TCGA-21-5786-01Z-00-DX1"  # a validation image of the default model
+
+
+def segment(args: list) -> None:
+    result = CliRunner().invoke(main, ["segment", *map(str, args), "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def read_labels(path) -> np.ndarray:
+    store = LabelStore.open(path)
+    return store.read(0, 0, *store.shape)
+
+
+def matched_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of objects matched one to one at IoU >= 0.5 (of the larger count)."""
+    table = compute_overlaps(a, b)
+    ious = table.pair_ious
+    matched = int(np.sum(ious >= 0.5))
+    return matched / max(len(table.gt_ids), len(table.pred_ids), 1)
+
+
+def overlapping_pairs(features: list[dict], limit: float = 0.2) -> int:
+    polygons = [shape(f["geometry"]) for f in features]
+    tree = STRtree(polygons)
+    count = 0
+    for i, j in zip(*tree.query(polygons, predicate="intersects")):
+        if i < j:
+            inter = polygons[i].intersection(polygons[j]).area
+            union = polygons[i].union(polygons[j]).area
+            count += inter / union > limit
+    return count
+
+
+@pytest.fixture(scope="module")
+def cmu_runs(tmp_path_factory, slides_dir):
+    """CMU-1-Small-Region segmented with 256 and 1024 px tiles."""
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    runs = {}
+    for size in (256, 1024):
+        out = tmp_path_factory.mktemp(f"cmu{size}")
+        segment([slide, "--out", out, "--tile-size", size, "--workers", 2])
+        runs[size] = out
+    return runs
+
+
+def test_cmu_seams_tile_size_does_not_matter(cmu_runs):
+    labels = {size: read_labels(out / "CMU-1-Small-Region.zarr") for size, out in cmu_runs.items()}
+    count = len(np.unique(labels[1024])) - 1
+    assert count > 2000, f"only {count} nuclei found on CMU-1-Small-Region"
+    assert matched_fraction(labels[256], labels[1024]) >= 0.99
+
+
+def test_cmu_no_duplicates_and_qupath_rules(cmu_runs):
+    for out in cmu_runs.values():
+        features = read_features(out / "CMU-1-Small-Region.geojson")
+        assert overlapping_pairs(features) == 0
+        assert all(shape(f["geometry"]).is_valid for f in features)
+        summary = json.loads((out / "CMU-1-Small-Region.json").read_text())
+        assert summary["nuclei"] == len(features)
+        assert summary["model_card"]["name"] == "s2lcm-monuseg"
+        assert (out / "CMU-1-Small-Region.overlay.png").stat().st_size > 10_000
+
+
+def test_geojson_round_trip_reproduces_the_label_zarr(cmu_runs):
+    out = cmu_runs[1024]
+    store = LabelStore.open(out / "CMU-1-Small-Region.zarr")
+    labels = read_labels(out / "CMU-1-Small-Region.zarr")
+    scale = store.attrs["level0_transform"]["scale"]
+    polygons = [shape(f["geometry"]) for f in read_features(out / "CMU-1-Small-Region.geojson")]
+    rasterized = rasterize_polygons(polygons, store.shape, scale=scale)
+    agree = np.mean((rasterized > 0) == (labels > 0))
+    assert agree > 0.9999
+    assert matched_fraction(rasterized, labels) > 0.999
+
+
+def test_tiled_equals_untiled_with_the_real_network(tmp_path, monuseg_dir):
+    image = monuseg_dir / "images" / f"{MONUSEG_IMAGE}.tif"
+    tiling = TilingConfig(tile_size=256, overlap=64, batch_size=4, tissue_mask=False)
+    segment_slide(image, tmp_path, mpp=0.25, tiling=tiling, export=ExportConfig(overlay=False))
+    tiled = LabelStore.open(tmp_path / f"{MONUSEG_IMAGE}.zarr").read(0, 0, 500, 500)
+
+    model = load_model()
+    predictor = TorchPredictor(model, device="cpu")
+    margin = tiling.margin  # the same network phase and white border as the tiles
+    with open_slide(image, mpp=0.25) as slide:
+        rgb = slide.read(-margin, -margin, 500 + 2 * margin, 500 + 2 * margin, 0.5)
+    probability = predictor(rgb[None])[0]
+    post = PostprocessConfig(**model.card.postprocess)
+    untiled = instances_from_probability(probability, post, 0.5)[margin:-margin, margin:-margin]
+    assert np.mean((tiled > 0) == (untiled > 0)) > 0.995
+    assert matched_fraction(tiled, untiled) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "name, mpp",
+    [
+        ("TCGA-CR-7395-01A-01-TS1.svs", 0.25),
+        ("kidney-48-5-ihc.tif", 0.5),
+    ],
+)
+def test_other_real_slides(tmp_path, slides_dir, name, mpp):
+    segment([slides_dir / name, "--out", tmp_path, "--mpp", mpp, "--no-labels", "--format",
+             "geojson.gz"])
+    stem = name.rsplit(".", 1)[0]
+    features = read_features(tmp_path / f"{stem}.geojson.gz")
+    summary = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert summary["nuclei"] == len(features)
+    assert not (tmp_path / f"{stem}.zarr").exists()
+    if name.startswith("TCGA"):
+        assert len(features) > 1000
+
+
+def test_monuseg_tile_with_mpp(tmp_path, monuseg_dir):
+    image = monuseg_dir / "images" / f"{MONUSEG_IMAGE}.tif"
+    segment([image, "--out", tmp_path, "--mpp", 0.25])
+    features = read_features(tmp_path / f"{MONUSEG_IMAGE}.geojson")
+    assert 300 < len(features) < 3000
+    xs = [x for f in features for x, _ in f["geometry"]["coordinates"][0]]
+    assert 0 <= min(xs) and max(xs) <= 1000, "polygons must be in level-0 (0.25 µm) pixels"

@@ -1,0 +1,123 @@
+"""End to end: generated scribbles on two real MoNuSeg images -> train -> a loadable model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from wsi_s2lcm.cli_training import scribbles_command, train_command
+from wsi_s2lcm.errors import ConfigError, OutputExistsError
+from wsi_s2lcm.models import load_model
+from wsi_s2lcm.training.augment import augment_sample
+from wsi_s2lcm.training.config import TrainConfig, load_train_config
+from wsi_s2lcm.training.evaluate import normalize
+
+STEMS = ("TCGA-A7-A13E-01Z-00-DX1", "TCGA-HE-7129-01Z-00-DX1")
+TINY = """
+crop_size: 64
+batch_size: 2
+crops_per_image: 2
+epochs: 3
+warmup_epochs: 1
+ema_every: 1
+validate_every: 1
+mcr_max_samples: 64
+mil_bags: 4
+mil_bag_size: 4
+licence: test licence
+"""
+
+
+@pytest.fixture(scope="module")
+def data(monuseg_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    for name in ("images", "masks"):
+        (root / name).mkdir()
+    for stem in STEMS:
+        (root / "images" / f"{stem}.tif").symlink_to(monuseg_dir / "images" / f"{stem}.tif")
+        (root / "masks" / f"{stem}.png").symlink_to(
+            monuseg_dir / "instance_labels" / f"{stem}.png")
+    result = CliRunner().invoke(scribbles_command, [
+        "--masks", str(root / "masks"), "--out", str(root / "scribbles"), "--ratio", "0.3"])
+    assert result.exit_code == 0, result.output
+    (root / "tiny.yaml").write_text(TINY, encoding="utf-8")
+    return root
+
+
+def _train(data, out, *extra):
+    args = ["--images", str(data / "images"), "--scribbles", str(data / "scribbles"),
+            "--out", str(out), "--config", str(data / "tiny.yaml"), "--mpp", "0.25",
+            "--validation-fraction", "0.5", "--threads", "1", *extra]
+    return CliRunner().invoke(train_command, args)
+
+
+def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
+    result = _train(data, tmp_path / "model")
+    assert result.exit_code == 0, result.output
+    loaded = load_model(tmp_path / "model")
+    card = loaded.card
+    assert card.mpp == 0.5 and card.licence == "test licence"
+    assert card.normalization["mean"] == [0.485, 0.456, 0.406]
+    assert card.training["scribbles"]["ratio"] == 0.3
+    assert card.training["config"]["epochs"] == 3
+    assert len(card.metrics["held_out_images"]) == 1
+    assert 0.0 <= card.metrics["val_balanced_accuracy"] <= 1.0
+    image = np.asarray(
+        __import__("tifffile").imread(data / "images" / f"{STEMS[0]}.tif"))[:128, :96]
+    with torch.inference_mode():
+        logits = loaded.network(normalize(image))
+    assert logits.shape == (1, 2, 128, 96) and torch.isfinite(logits).all()
+    log = [json.loads(line) for line in (tmp_path / "model" / "train_log.jsonl").open()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[0]["stage"] == "warm-up" and log[-1]["stage"] == "s2lcm"
+    assert all(key in log[-1] for key in ("pseudo", "mcr_full", "mcr_quarter", "mil", "val_pce"))
+    assert all(np.isfinite(log[-1][k]) for k in ("loss", "mcr_full", "mcr_quarter", "mil"))
+    assert (tmp_path / "model" / "curves.png").stat().st_size > 1000
+    assert load_model(tmp_path / "model" / "last").card.training["epoch"] == 3
+    state = torch.load(tmp_path / "model" / "train_state" / "state.pt", weights_only=True)
+    assert set(state["ema_maps"]) and state["run"]["epoch"] == 3
+
+
+def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
+    assert _train(data, tmp_path / "full").exit_code == 0
+    assert _train(data, tmp_path / "cut", "--epochs", "2").exit_code == 0
+    resumed = _train(data, tmp_path / "cut", "--epochs", "3", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    full = load_file(str(tmp_path / "full" / "last" / "weights.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "last" / "weights.safetensors"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_existing_model_is_not_overwritten_silently(data, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "card.json").write_text("{}")
+    result = _train(data, tmp_path / "model")
+    assert isinstance(result.exception, OutputExistsError)
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_train_config(path)
+
+
+def test_augmentation_moves_image_target_and_prior_together():
+    rng = np.random.default_rng(0)
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[..., 0] = 255 * (np.arange(120) < 60)
+    target = np.where(np.arange(120) < 60, 1, 0).astype(np.uint8)[None].repeat(100, 0)
+    prior = target.astype(np.float32)
+    config = TrainConfig(crop_size=64, brightness=0, contrast=0, saturation=0, hue=0,
+                         stain_alpha=0, stain_beta=0)
+    for _ in range(20):
+        rgb, crop_target, crop_prior = augment_sample(image, target, prior, config, rng)
+        assert rgb.shape == (64, 64, 3) and crop_target.shape == (64, 64)
+        red = rgb[..., 0] > 0.5
+        assert (red == (crop_target == 1)).mean() > 0.97
+        assert (np.abs(crop_prior - crop_target) < 0.5).mean() > 0.97
