@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -137,6 +138,19 @@ def test_file_loads_with_json_geojson_tiatoolbox_and_shapely(tmp_path, real_nucl
     assert len(store) == len(features)
     assert all(shape(f["geometry"]).is_valid for f in content["features"])
     assert not (tmp_path / "nuclei.geojson.partial").exists()
+
+
+@pytest.mark.skipif(
+    not hasattr(sqlite3.Connection, "enable_load_extension"),
+    reason="this Python's sqlite3 cannot load extensions, which tiatoolbox's SQLiteStore needs; "
+    "DictionaryStore reads the same file in the test above",
+)
+def test_file_loads_in_tiatoolbox_sqlitestore(tmp_path, real_nuclei):
+    from tiatoolbox.annotation.storage import SQLiteStore
+
+    path = tmp_path / "nuclei.geojson"
+    features = _write(path, real_nuclei)
+    assert len(SQLiteStore.from_geojson(path)) == len(features)
 
 
 def test_file_follows_qupath_rules(tmp_path, real_nuclei):
