@@ -10,15 +10,29 @@ from typing import Any, Callable
 import click
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """The stream is always the current ``sys.stderr``."""
+
+
 def configure_logging(verbosity: int) -> None:
     """Send the package's log records to stderr at a level set by ``-v`` / ``-q``."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("wsi_s2lcm")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    package = logging.getLogger("wsi_s2lcm")
+    package.handlers[:] = [handler]
+    package.setLevel(level)
     for noisy in ("distributed", "tiatoolbox"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
