@@ -217,8 +217,30 @@ def test_stems_pair_on_the_first_dot_and_unpaired_files_are_reported(
     assert beside.rows == result.rows
     assert any("overlay.png ignored" in message for message in beside.warnings)
     (pred_dir / f"{STEMS[0]}.tif").write_bytes(b"twin")
-    with pytest.raises(UserInputError, match="share the stem"):
-        evaluate_dirs(pred_dir, gt_dir)
+    twin = evaluate_dirs(pred_dir, gt_dir)
+    assert twin.rows == result.rows
+    assert any(".tif" in message and "ignored" in message for message in twin.warnings)
+
+
+def test_segment_outputs_pair_by_their_geojson(tmp_path: Path, gt_dir: Path) -> None:
+    """A segment run writes name.geojson beside name.json (summary): the GeoJSON is used."""
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    labels = np.asarray(Image.open(gt_dir / f"{STEMS[0]}.png"))
+    (pred_dir / f"{STEMS[0]}.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [_square_feature(10, 10, 20)]})
+    )
+    (pred_dir / f"{STEMS[0]}.json").write_text(json.dumps({"nuclei": 1, "status": "done"}))
+    result = evaluate_dirs(pred_dir, gt_dir)
+    assert [row["image"] for row in result.rows] == [STEMS[0]]
+    assert result.rows[0]["n_pred"] == 1 and result.rows[0]["n_gt"] == len(np.unique(labels)) - 1
+    assert any(f"{STEMS[0]}.json ignored" in message for message in result.warnings)
+
+
+def _square_feature(x: int, y: int, side: int) -> dict:
+    ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "detection"}}
 
 
 def test_clear_errors_name_the_input(tmp_path: Path, gt_dir: Path) -> None:

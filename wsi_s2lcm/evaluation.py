@@ -26,6 +26,8 @@ from wsi_s2lcm.metrics import COUNT_NAMES, METRIC_NAMES, evaluate_pair
 
 logger = logging.getLogger(__name__)
 
+#: Of several files with one stem, the first suffix here wins (after the fewest dotted parts).
+SUFFIX_PREFERENCE = (".geojson", ".geojson.gz", ".png", ".tif", ".tiff", ".json", ".json.gz")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 COLUMNS = ("image",) + METRIC_NAMES + COUNT_NAMES
@@ -89,9 +91,11 @@ def _kind(path: Path) -> str | None:
 
 
 def _index_dir(directory: Path, role: str, notes: list[str]) -> dict[str, Path]:
-    """Label image and GeoJSON files by stem; of several, the one with the fewest dotted parts.
+    """Label image and GeoJSON files by stem; of several, the one with the fewest dotted parts,
+    then by suffix preference (:data:`SUFFIX_PREFERENCE`).
 
-    So ``slide.geojson`` is taken over ``slide.overlay.png`` written beside it; a tie is an error.
+    So ``slide.geojson`` is taken over the run summary ``slide.json`` and the overlay
+    ``slide.overlay.png`` that ``wsi-s2lcm segment`` writes beside it; every choice is noted.
     """
     if not directory.is_dir():
         raise UserInputError(
@@ -104,17 +108,20 @@ def _index_dir(directory: Path, role: str, notes: list[str]) -> dict[str, Path]:
             by_stem.setdefault(file_stem(path), []).append(path)
     found: dict[str, Path] = {}
     for stem, paths in by_stem.items():
-        paths.sort(key=lambda path: (path.name.count("."), path.name))
-        if len(paths) > 1 and paths[0].name.count(".") == paths[1].name.count("."):
-            raise UserInputError(
-                f"{role} files {paths[0].name} and {paths[1].name} in {directory} share the stem "
-                f"{stem!r}; keep one file per image"
-            )
+        paths.sort(key=lambda path: (path.name.count("."), _suffix_rank(path), path.name))
         if len(paths) > 1:
             ignored = ", ".join(path.name for path in paths[1:])
             _note(notes, f"{role} {paths[0].name} used; {ignored} ignored")
         found[stem] = paths[0]
     return found
+
+
+def _suffix_rank(path: Path) -> int:
+    name = path.name.lower()
+    for rank, suffix in enumerate(SUFFIX_PREFERENCE):
+        if name.endswith(suffix):
+            return rank
+    return len(SUFFIX_PREFERENCE)
 
 
 def read_label_image(path: Path) -> tuple[np.ndarray, str | None]:
