@@ -78,3 +78,17 @@ def test_unknown_model_names_the_shipped_ones(tmp_path):
         resolve_model("no-such-model")
     with pytest.raises(ModelError, match=CARD_FILE):
         resolve_model(tmp_path)
+
+
+def test_half_precision_weights_predict_like_full_precision(tmp_path, untrained_model):
+    from wsi_s2lcm.models import save_model
+
+    full = load_model(untrained_model)
+    half_dir = save_model(tmp_path / "half", full.card, full.network, half=True)
+    assert (half_dir / WEIGHTS_FILE).stat().st_size < 0.6 * (untrained_model / WEIGHTS_FILE).stat().st_size
+    half = load_model(half_dir)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, size=(1, 96, 96, 3), dtype=np.uint8)
+    a = TorchPredictor(full, device="cpu")(batch)
+    b = TorchPredictor(half, device="cpu")(batch)
+    assert np.abs(a - b).max() < 0.02

@@ -197,7 +197,7 @@ def load_model(ref: str | Path | None = None) -> LoadedModel:
     return LoadedModel(card=card, network=network, path=directory)
 
 
-def save_model(directory: str | Path, card: ModelCard, network: Any) -> Path:
+def save_model(directory: str | Path, card: ModelCard, network: Any, half: bool = False) -> Path:
     """Write a model directory: ``card.json`` and the inference weights.
 
     Parameters
@@ -208,6 +208,9 @@ def save_model(directory: str | Path, card: ModelCard, network: Any) -> Path:
         The model card.
     network
         The network; parameters of training-only heads are not saved.
+    half
+        Store floating-point weights as float16 (half the size; they are cast back to float32
+        when loaded). Used for the model shipped inside the package.
 
     Returns
     -------
@@ -222,6 +225,8 @@ def save_model(directory: str | Path, card: ModelCard, network: Any) -> Path:
         for key, value in network.state_dict().items()
         if not _is_training_only(key)
     }
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(directory / WEIGHTS_FILE))
     (directory / CARD_FILE).write_text(
         json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
