@@ -1,0 +1,83 @@
+"""Ship a trained model inside the package, with its held-out figures on the card.
+
+Segments the validation images of the fixed MoNuSeg split (pipelines/monuseg_split.json) with the
+trained model, evaluates them against the full instance labels (reported only: the model was
+selected on scribbles), and writes the model with float16 weights to
+``wsi_s2lcm/weights/<name>/`` with the figures in its card.
+
+Usage (from the project root, after pipelines/train_default_model.sh)::
+
+    python pipelines/ship_default_model.py --model runs/default-model --name s2lcm-monuseg
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
+from wsi_s2lcm.evaluation import evaluate_dirs
+from wsi_s2lcm.models import load_model, save_model
+from wsi_s2lcm.segment import segment_slide
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
+SPLIT = ROOT / "pipelines" / "monuseg_split.json"
+
+logger = logging.getLogger("ship_default_model")
+
+
+def validation_figures(model_dir: Path, out_dir: Path) -> dict:
+    """Segment the held-out MoNuSeg images with the model and evaluate them."""
+    stems = json.loads(SPLIT.read_text())["validation"]
+    pred_dir = out_dir / "predictions"
+    started = time.perf_counter()
+    for stem in stems:
+        segment_slide(
+            DATA / "images" / f"{stem}.tif", pred_dir, model=model_dir, mpp=0.25,
+            tiling=TilingConfig(tissue_mask=False), export=ExportConfig(labels=False, overlay=False),
+            device="cpu",
+        )
+    seconds = time.perf_counter() - started
+    result = evaluate_dirs(pred_dir, DATA / "instance_labels", out_csv=out_dir / "validation.csv")
+    sys.stdout.write(result.format_table() + "\n")
+    return {
+        "data": f"{len(stems)} held-out MoNuSeg 2018 training images ({', '.join(stems)}), "
+                "full instance labels, evaluated at their 0.25 µm/px",
+        "mean": {k: round(float(v), 4) for k, v in result.mean.items() if isinstance(v, float)},
+        "per_image": [
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in result.rows
+        ],
+        "segment_seconds_cpu": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    """Evaluate the trained model and write it into the package."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "runs" / "default-model")
+    parser.add_argument("--name", default="s2lcm-monuseg")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = load_model(args.model)
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = validation_figures(args.model, Path(scratch))
+    metrics = dict(model.card.metrics)
+    metrics["validation_full_masks"] = figures
+    postprocess = model.card.postprocess or dataclasses.asdict(PostprocessConfig())
+    card = dataclasses.replace(model.card, name=args.name, metrics=metrics, postprocess=postprocess)
+    target = ROOT / "wsi_s2lcm" / "weights" / args.name
+    save_model(target, card, model.network, half=True)
+    logger.info("wrote %s (%.1f MB of weights)", target,
+                (target / "weights.safetensors").stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    main()
