@@ -116,7 +116,8 @@ def test_make_bags_builds_positive_and_negative_bags():
     labels = torch.full((2, 4, 4), IGNORE)
     labels[0, 0, :2] = 1
     labels[1, 2:, :] = 0
-    index, bag_labels = make_bags(labels, bags=6, bag_size=5, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    index, bag_labels = make_bags(labels, bags=6, bag_size=5, generator=generator)
     assert index.shape == (12, 5, 3) and bag_labels.tolist() == [1.0] * 6 + [0.0] * 6
     member_labels = labels[index[..., 0], index[..., 1], index[..., 2]]
     assert ((member_labels == 1).sum(dim=1)[:6] >= 1).all(), "a positive bag holds a nucleus pixel"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from wsi_s2lcm.cli_training import scribbles_command, train_command
-from wsi_s2lcm.errors import ConfigError, OutputExistsError
+from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
 from wsi_s2lcm.models import load_model
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.config import TrainConfig, load_train_config
@@ -82,6 +82,11 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     state = torch.load(tmp_path / "model" / "train_state" / "state.pt", weights_only=True)
     assert set(state["ema_maps"]) and state["run"]["epoch"] == 3
 
+    tuned = _train(data, tmp_path / "tuned", "--init", str(tmp_path / "model"), "--epochs", "1")
+    assert tuned.exit_code == 0, tuned.output
+    first = json.loads((tmp_path / "tuned" / "train_log.jsonl").open().readline())
+    assert first["epoch"] == 0 and first["val_pce"] == pytest.approx(card.metrics["val_pce"])
+
 
 def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
     assert _train(data, tmp_path / "full").exit_code == 0
@@ -91,6 +96,8 @@ def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
     full = load_file(str(tmp_path / "full" / "last" / "weights.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "last" / "weights.safetensors"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
+    log = [json.loads(line) for line in (tmp_path / "cut" / "train_log.jsonl").open()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
 def test_existing_model_is_not_overwritten_silently(data, tmp_path):
@@ -121,3 +128,87 @@ def test_augmentation_moves_image_target_and_prior_together():
         red = rgb[..., 0] > 0.5
         assert (red == (crop_target == 1)).mean() > 0.97
         assert (np.abs(crop_prior - crop_target) < 0.5).mean() > 0.97
+
+
+def test_every_config_value_is_documented_with_its_default():
+    import dataclasses
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "TRAINING.md").read_text()
+    for field in dataclasses.fields(TrainConfig):
+        assert f"`{field.name}`" in text, f"{field.name} missing from docs/TRAINING.md"
+
+
+def test_slide_scribbles_are_read_as_regions_around_them(slides_dir, tmp_path):
+    from wsi_s2lcm.slide import open_slide
+    from wsi_s2lcm.training.dataset import load_pair
+
+    path = slides_dir / "CMU-1-Small-Region.svs"
+    features = [
+        {"type": "Feature", "geometry": {"type": "LineString",
+                                         "coordinates": [[600.0, 1500.0], [700.0, 1500.0]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Nucleus"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+            [[100, 100], [140, 100], [140, 140], [100, 140], [100, 100]]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Background"}}},
+    ]
+    scribbles = tmp_path / "CMU-1-Small-Region.geojson"
+    scribbles.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    config = TrainConfig(crop_size=64, slide_region_size=512)
+    regions = load_pair("CMU-1-Small-Region", path, scribbles, None, config)
+    assert [r.key for r in regions] == ["CMU-1-Small-Region@0,0", "CMU-1-Small-Region@512,1024"]
+    slide = open_slide(path)
+    scale = 0.5 / slide.mpp
+    second = regions[1]
+    assert np.array_equal(second.image, slide.read(512, 1024, 512, 512, 0.5))
+    row = int(1500 / scale) - 1024
+    assert (second.target[row, int(610 / scale) - 512: int(690 / scale) - 512] == 1).all()
+    assert (second.target == 1).sum() <= 2 * 101 and (second.target == 0).sum() == 0
+    assert (regions[0].target == 0).sum() == pytest.approx((40 / scale) ** 2, rel=0.1)
+
+    far = [dict(features[0], geometry={"type": "LineString",
+                                       "coordinates": [[9000, 9000], [9100, 9000]]})]
+    scribbles.write_text(json.dumps(far))
+    with pytest.raises(AnnotationError, match="no scribble lies inside"):
+        load_pair("CMU-1-Small-Region", path, scribbles, None, config)
+
+
+def test_bad_scribble_file_exits_2_with_a_one_line_message(data, tmp_path):
+    from wsi_s2lcm.cli import main
+
+    scribbles = tmp_path / "scribbles"
+    scribbles.mkdir()
+    for stem in STEMS:
+        (scribbles / f"{stem}.geojson").write_text("not json", encoding="utf-8")
+    result = CliRunner().invoke(main, [
+        "train", "--images", str(data / "images"), "--scribbles", str(scribbles),
+        "--out", str(tmp_path / "model"), "--mpp", "0.25"])
+    assert result.exit_code == 2
+    assert "not a GeoJSON file" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "model").exists()
+
+
+def test_post_warmup_terms_ramp_in_linearly():
+    from wsi_s2lcm.training.trainer import _ramp
+
+    config = TrainConfig(epochs=30, warmup_epochs=10, ramp_epochs=4)
+    assert [_ramp(config, e) for e in (0, 9.9, 10, 11, 13, 14, 20)] == [
+        0.0, 0.0, 0.0, 0.25, 0.75, 1.0, 1.0]
+    assert _ramp(TrainConfig(warmup_epochs=10, ramp_epochs=0), 10) == 1.0
+
+
+def test_init_model_starts_from_saved_weights_and_refuses_another_architecture(tmp_path):
+    from wsi_s2lcm.models import ModelCard, save_model
+    from wsi_s2lcm.network import build_network
+    from wsi_s2lcm.training.trainer import _load_initial_weights
+
+    torch.manual_seed(3)
+    source = build_network({})
+    card = ModelCard(name="s", architecture={}, mpp=0.5, normalization={})
+    save_model(tmp_path / "m", card, source)
+    target = build_network({})
+    _load_initial_weights(target, str(tmp_path / "m"))
+    assert torch.equal(target.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.equal(target.head.weight, source.head.weight)
+    with pytest.raises(ConfigError, match="do not fit"):
+        _load_initial_weights(build_network({"encoder": "resnet50"}), str(tmp_path / "m"))

@@ -1,8 +1,8 @@
 """The ``scribbles`` and ``train`` commands (registered on the main group by :mod:`wsi_s2lcm.cli`).
 
 Both raise :class:`~wsi_s2lcm.errors.UserInputError` subclasses for bad input; the main group
-turns them into a one-line message and exit code 2. ``python -m wsi_s2lcm.cli_training`` runs
-the two commands stand-alone with INFO logging.
+turns them into a one-line message and exit code 2. ``train`` reports one line per epoch unless
+``--quiet``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import click
 
+from wsi_s2lcm.cli_options import show_progress, verbosity_options
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
-from wsi_s2lcm.training.dataset import MANIFEST_FILE
+from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST as MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff")
               help="Fraction of nuclei that get a scribble.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--overwrite", is_flag=True, help="Replace existing scribble files.")
+@verbosity_options
 def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, ratio: float,
                       seed: int, overwrite: bool) -> None:
     """Generate scribbles from instance masks (the Scribble2Label recipe), as QuPath GeoJSON."""
@@ -120,15 +122,19 @@ def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
               help="JSON file of stem lists, e.g. {\"train\": [...], \"validation\": [...]}.")
 @click.option("--subset", default="train", show_default=True,
               help="Key of the split's training list; its 'validation' list is held back.")
+@click.option("--init", "init_model", default=None,
+              help="Start from this model's weights (shipped name or directory): fine-tuning.")
 @click.option("--licence", default=None, help="Licence of the weights, for the model card.")
 @click.option("--name", default=None, help="Model name (default: the --out folder's name).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
+@verbosity_options
 def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_path: Path | None,
                   epochs: int | None, image_mpp: float | None, model_mpp: float | None,
                   device: str, seed: int | None, validation_fraction: float | None,
-                  split_path: Path | None, subset: str, licence: str | None, name: str | None,
+                  split_path: Path | None, subset: str, init_model: str | None,
+                  licence: str | None, name: str | None,
                   threads: int | None, resume: bool, overwrite: bool) -> None:
     """Train a nucleus model from QuPath scribbles (S2L-CM) and write its model directory."""
     import torch
@@ -137,6 +143,11 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
     from wsi_s2lcm.training.dataset import load_pair, pair_files, split_stems
     from wsi_s2lcm.training.trainer import train_model
 
+    progress = show_progress()
+    if not click.get_current_context().meta.get("wsi_s2lcm.quiet"):
+        for name in (__name__, "wsi_s2lcm.training.trainer"):
+            if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+                logging.getLogger(name).setLevel(logging.INFO)
     if threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -144,6 +155,7 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
     config = load_train_config(config_path, {
         "epochs": epochs, "mpp": model_mpp, "seed": seed,
         "validation_fraction": validation_fraction, "licence": licence,
+        "init_model": init_model,
     })
     if split_path is not None:
         train_stems, val_stems = _read_split(split_path, subset)
@@ -171,7 +183,7 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
         generated = json.loads(manifest.read_text(encoding="utf-8"))
         record["scribbles"] = {k: generated.get(k) for k in ("ratio", "seed", "masks")}
     result = train_model(train_images, val_images, config, out_dir, device=device, resume=resume,
-                         overwrite=overwrite, name=name, record=record)
+                         overwrite=overwrite, name=name, record=record, progress=progress)
     logger.info("model written to %s (best epoch %d: %s)", result.path, result.best_epoch,
                 ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
                           if isinstance(v, float)))
@@ -189,23 +201,3 @@ def _read_split(path: Path, subset: str) -> tuple[list[str], list[str]]:
     if overlap:
         raise ConfigError(f"{path}: stems in both {subset!r} and 'validation': {sorted(overlap)}.")
     return list(split[subset]), list(held)
-
-
-def _standalone() -> None:
-    """Run the two commands without the main group (``python -m wsi_s2lcm.cli_training``)."""
-    from wsi_s2lcm.errors import UserInputError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    group = click.Group("wsi-s2lcm-training", commands=[scribbles_command, train_command])
-    try:
-        group.main(standalone_mode=False)
-    except UserInputError as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(2)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-
-
-if __name__ == "__main__":
-    _standalone()

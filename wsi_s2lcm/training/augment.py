@@ -65,7 +65,9 @@ def flip_rotate(arrays: list[np.ndarray | None], flip: bool, rotate: bool,
     return result
 
 
-def stain_augment(rgb: np.ndarray, alpha: float, beta: float, rng: np.random.Generator) -> np.ndarray:
+def stain_augment(
+    rgb: np.ndarray, alpha: float, beta: float, rng: np.random.Generator
+) -> np.ndarray:
     """Perturb the H, E and D concentrations of an RGB image in [0, 1] (float32 out)."""
     if alpha == 0 and beta == 0:
         return rgb.astype(np.float32)
@@ -122,6 +124,7 @@ def augment_sample(
     scale = float(np.exp(rng.uniform(np.log(config.scale_min), np.log(config.scale_max))))
     image, target, prior = crop_sample(image, target, prior, config.crop_size, scale, rng)
     image, target, prior = flip_rotate([image, target, prior], config.flip, config.rotate90, rng)
-    rgb = stain_augment(image.astype(np.float32) / 255.0, config.stain_alpha, config.stain_beta, rng)
+    rgb = image.astype(np.float32) / 255.0
+    rgb = stain_augment(rgb, config.stain_alpha, config.stain_beta, rng)
     rgb = colour_jitter(rgb, config.brightness, config.contrast, config.saturation, config.hue, rng)
     return rgb, target, prior

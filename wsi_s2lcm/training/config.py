@@ -15,6 +15,9 @@ from typing import Any, Mapping
 from wsi_s2lcm.config import from_mapping
 from wsi_s2lcm.errors import ConfigError
 
+SCRIBBLE_MANIFEST = "scribbles.json"
+"""Written by ``wsi-s2lcm scribbles`` beside the generated files (ratio, seed); not scribbles."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -29,6 +32,9 @@ class TrainConfig:
     encoder_weights : str
         Local torchvision ResNet state dict to start from; "" = random init (nothing is
         downloaded). METHOD uses ImageNet weights.
+    init_model : str
+        A model directory (or shipped model name) whose weights start the network instead of
+        random ones (fine-tuning); "" = none. [inferred]
     crop_size : int
         Training crop side at ``mpp``, a multiple of 32. METHOD 256.
     batch_size : int
@@ -72,6 +78,14 @@ class TrainConfig:
         Pseudo-label loss L_p after warm-up. METHOD on.
     pseudo_weight : float
         Weight of L_p. METHOD 0.5.
+    restart_optimizer : bool
+        Start RAdam afresh when warm-up ends: its second-moment estimates from warm-up are far
+        smaller than the gradients of the added terms and would inflate the first steps.
+        [inferred] true.
+    ramp_epochs : int
+        After warm-up, the weights of L_p, MCR and pMIL rise linearly from 0 to their values
+        over this many epochs, so the new terms do not swamp the scribble loss at once.
+        [inferred] 10 (METHOD switches them on at once: 0).
     use_mcr : bool
         Multiscale contrastive regularization after warm-up. METHOD on.
     mcr_labels : str
@@ -120,6 +134,7 @@ class TrainConfig:
     mpp: float = 0.5
     encoder: str = "resnet18"
     encoder_weights: str = ""
+    init_model: str = ""
     crop_size: int = 256
     batch_size: int = 8
     crops_per_image: int = 1
@@ -141,6 +156,8 @@ class TrainConfig:
     pseudo_threshold: float = 0.8
     use_pseudo: bool = True
     pseudo_weight: float = 0.5
+    restart_optimizer: bool = True
+    ramp_epochs: int = 10
     use_mcr: bool = True
     mcr_labels: str = "prediction"
     mcr_threshold: float = 0.5
@@ -177,17 +194,19 @@ class TrainConfig:
             (self.batch_size >= 1 and self.crops_per_image >= 1, "batch sizes must be >= 1"),
             (0 <= self.warmup_epochs <= self.epochs and self.epochs >= 1,
              "need 1 <= epochs and 0 <= warmup_epochs <= epochs"),
-            (self.ema_every >= 1 and self.validate_every >= 1 and self.ema_start >= 0,
-             "intervals must be >= 1 and ema_start >= 0"),
+            (self.ema_every >= 1 and self.validate_every >= 1 and self.ema_start >= 0
+             and self.ramp_epochs >= 0, "intervals must be >= 1, ema_start and ramp_epochs >= 0"),
             (0 < self.ema_alpha <= 1, "ema_alpha must lie in (0, 1]"),
             (self.ema_init in ("first", "bias_correct", "zero"),
              "ema_init must be first, bias_correct or zero"),
             (0.5 <= self.pseudo_threshold < 1, "pseudo_threshold must lie in [0.5, 1)"),
-            (self.mcr_labels in ("prediction", "pseudo"), "mcr_labels must be prediction or pseudo"),
+            (self.mcr_labels in ("prediction", "pseudo"),
+             "mcr_labels must be prediction or pseudo"),
             (0.5 <= self.mcr_threshold < 1 and 0.5 <= self.mil_threshold < 1,
              "thresholds must lie in [0.5, 1)"),
             (self.mcr_max_samples >= self.mcr_min_samples >= 2, "need mcr_max >= mcr_min >= 2"),
-            (self.mil_bag_size >= 2 and self.mil_bags >= 1, "need mil_bag_size >= 2, mil_bags >= 1"),
+            (self.mil_bag_size >= 2 and self.mil_bags >= 1,
+             "need mil_bag_size >= 2 and mil_bags >= 1"),
             (0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max"),
             (0 <= self.validation_fraction < 1, "validation_fraction must lie in [0, 1)"),
             (self.stroke_width_um > 0, "stroke_width_um must be > 0"),
@@ -210,7 +229,8 @@ class TrainConfig:
 
     def architecture(self) -> dict[str, Any]:
         """The ``architecture`` entry of the model card."""
-        return {"type": "unet", "encoder": self.encoder, "encoder_weights": self.encoder_weights or None}
+        return {"type": "unet", "encoder": self.encoder,
+                "encoder_weights": self.encoder_weights or None}
 
 
 def load_train_config(

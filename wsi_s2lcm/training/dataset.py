@@ -22,16 +22,17 @@ import shapely
 
 from wsi_s2lcm.errors import AnnotationError, ConfigError, SlideError
 from wsi_s2lcm.qupath.imports import Scribble, read_scribbles
+from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST
 from wsi_s2lcm.training.scribbles import IGNORE, rasterize_scribbles, scribble_target
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff")
+SLIDE_SUFFIXES = (
+    ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff",
+)
 SCRIBBLE_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 MAX_PLAIN_PIXELS = 64_000_000
-MANIFEST_FILE = "scribbles.json"
-"""Written by ``wsi-s2lcm scribbles`` beside the generated files; not a scribble file."""
 
 
 @dataclasses.dataclass
@@ -99,12 +100,15 @@ def pair_files(
     scribbles = {
         file_stem(p): p
         for p in sorted(scribbles_dir.iterdir())
-        if p.is_file() and p.name.lower().endswith(SCRIBBLE_SUFFIXES) and p.name != MANIFEST_FILE
+        if p.is_file()
+        and p.name.lower().endswith(SCRIBBLE_SUFFIXES)
+        and p.name != SCRIBBLE_MANIFEST
     }
     if stems is None:
         wanted = sorted(set(images) & set(scribbles))
         for stem in sorted(set(scribbles) - set(images)):
-            logger.warning("%s: no image named %s.* in %s; skipped", scribbles[stem], stem, images_dir)
+            logger.warning("%s: no image named %s.* in %s; skipped", scribbles[stem], stem,
+                           images_dir)
     else:
         wanted = sorted(set(stems))
         missing = [s for s in wanted if s not in images or s not in scribbles]
@@ -163,7 +167,8 @@ def _is_plain(path: Path) -> bool:
         try:
             with tifffile.TiffFile(path) as tiff:
                 page = tiff.pages[0]
-                return len(tiff.pages) == 1 and page.imagelength * page.imagewidth <= MAX_PLAIN_PIXELS
+                pixels = page.imagelength * page.imagewidth
+                return len(tiff.pages) == 1 and pixels <= MAX_PLAIN_PIXELS
         except Exception:  # not a readable TIFF: let the slide reader report it
             return False
     return True
@@ -248,5 +253,6 @@ def split_stems(stems: Sequence[str], fraction: float, seed: int) -> tuple[list[
         count = min(max(count, 1), len(stems) - 1)
     else:
         count = 0
-    held = set(np.random.default_rng(seed).choice(stems, size=count, replace=False).tolist()) if count else set()
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(stems, size=count, replace=False).tolist()) if count else set()
     return [s for s in stems if s not in held], [s for s in stems if s in held]

@@ -156,7 +156,8 @@ def scribble_features(
 
 def image_seed(seed: int, stem: str) -> int:
     """A per-image seed from the run's seed and the image's name (independent of file order)."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(stem.encode("utf-8"))]).generate_state(1)[0])
+    sequence = np.random.SeedSequence([seed, zlib.crc32(stem.encode("utf-8"))])
+    return int(sequence.generate_state(1)[0])
 
 
 def write_scribbles_from_labels(

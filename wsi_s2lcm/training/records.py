@@ -49,7 +49,8 @@ def plot_curves(directory: Path, records: Sequence[dict[str, Any]]) -> Path:
     losses.set_xlabel("epoch")
     losses.set_ylabel("training loss (epoch mean)")
     losses.set_yscale("symlog", linthresh=1e-2)
-    losses.legend(fontsize=8)
+    if losses.get_legend_handles_labels()[0]:
+        losses.legend(fontsize=8)
     for key in METRIC_KEYS:
         points = [(r["epoch"], _number(r.get(key))) for r in records]
         points = [p for p in points if not math.isnan(p[1])]
@@ -57,7 +58,8 @@ def plot_curves(directory: Path, records: Sequence[dict[str, Any]]) -> Path:
             metrics.plot(*zip(*points), marker="o", label=key)
     metrics.set_xlabel("epoch")
     metrics.set_title("held-out scribbles", fontsize=9)
-    metrics.legend(fontsize=8)
+    if metrics.get_legend_handles_labels()[0]:
+        metrics.legend(fontsize=8)
     figure.tight_layout()
     path = Path(directory) / CURVES_FILE
     figure.savefig(path)

@@ -76,8 +76,9 @@ def rasterize_scribbles(
 def _paint_line(mask: np.ndarray, line: object, radius: float) -> None:
     """Set the pixels of ``mask`` whose centres lie within ``radius`` of ``line``."""
     x0, y0, x1, y1 = line.bounds
-    cols = np.arange(max(int(np.floor(x0 - radius)), 0), min(int(np.ceil(x1 + radius)) + 1, mask.shape[1]))
-    rows = np.arange(max(int(np.floor(y0 - radius)), 0), min(int(np.ceil(y1 + radius)) + 1, mask.shape[0]))
+    height, width = mask.shape
+    cols = np.arange(max(int(np.floor(x0 - radius)), 0), min(int(np.ceil(x1 + radius)) + 1, width))
+    rows = np.arange(max(int(np.floor(y0 - radius)), 0), min(int(np.ceil(y1 + radius)) + 1, height))
     if not len(cols) or not len(rows):
         return
     cc, rr = np.meshgrid(cols, rows)

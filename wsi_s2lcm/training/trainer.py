@@ -38,7 +38,7 @@ from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import (
     IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
 )
-from wsi_s2lcm.training.pseudo import EmaMaps
+from wsi_s2lcm.training.pseudo import IGNORE, EmaMaps, pseudo_labels
 from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def train_model(
     overwrite: bool = False,
     name: str | None = None,
     record: dict[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> TrainResult:
     """Train a model from scribbles and write its model directory.
 
@@ -92,6 +93,8 @@ def train_model(
         Model name on the card (the directory name by default).
     record
         Extra training record for the card (command line, data, scribble ratio...).
+    progress
+        Draw a progress bar per epoch; ``None``: when stderr is a terminal.
 
     Returns
     -------
@@ -108,7 +111,10 @@ def train_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     amp = config.amp and device.startswith("cuda")
     torch.manual_seed(config.seed)
-    network = build_network(config.architecture()).to(device)
+    network = build_network(config.architecture())
+    if config.init_model and not resume:
+        _load_initial_weights(network, config.init_model)
+    network = network.to(device)
     optimizer = _optimizer(network, config)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     ema = EmaMaps(config.ema_alpha, config.pseudo_threshold, config.ema_init)
@@ -117,14 +123,26 @@ def train_model(
     history: list[dict[str, Any]] = []
     if resume:
         _load_state(state_path, config, network, optimizer, scaler, ema, run)
-        history = [r for r in read_log(out_dir) if r["epoch"] < run["epoch"]]
+        history = [r for r in read_log(out_dir) if r["epoch"] <= run["epoch"]]
         logger.info("resuming %s at epoch %d", out_dir, run["epoch"] + 1)
     context = _Context(network, config, device, amp, name or out_dir.resolve().name,
-                       dict(record or {}), [t.key for t in val_images])
+                       dict(record or {}), [t.key for t in val_images],
+                       sys.stderr.isatty() if progress is None else progress)
+    if config.init_model and not resume and val_images:
+        entry = {"epoch": 0, "stage": "init", "seconds": 0.0, "seconds_per_step": 0.0,
+                 **_validate(context, val_images)}
+        history.append(entry)
+        logger.info(_format_entry(entry, config.epochs))
+        _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
     for epoch in range(run["epoch"], config.epochs):
         started = time.time()
+        if epoch == config.warmup_epochs > 0 and config.restart_optimizer:
+            optimizer = _optimizer(network, config)
+            logger.info("warm-up done: optimizer restarted for the S2L-CM stage")
         entry = _train_epoch(context, train_images, ema, optimizer, scaler, epoch)
-        if (epoch + 1) % config.ema_every == 0 and epoch + 1 > config.ema_start:
+        if _needs_ema(config) and (epoch + 1) % config.ema_every == 0 and (
+            epoch + 1 > config.ema_start
+        ):
             _update_ema(context, train_images, ema)
         run["seconds"] += time.time() - started
         entry.update(epoch=epoch + 1, seconds=round(time.time() - started, 2))
@@ -148,6 +166,7 @@ class _Context:
     name: str
     record: dict
     val_keys: list
+    progress: bool
 
 
 def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -166,23 +185,25 @@ def _train_epoch(context, images, ema, optimizer, scaler, epoch) -> dict[str, An
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     torch.manual_seed(config.seed * 1_000_003 + epoch)
     warm = epoch < config.warmup_epochs
-    if not warm and not ema.maps and config.use_pseudo:
+    if not warm and not ema.maps and _needs_ema(config):
         _update_ema(context, images, ema)
     order = rng.permutation(np.repeat(np.arange(len(images)), config.crops_per_image))
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     sums: dict[str, float] = {}
     network.train()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=not sys.stderr.isatty())
+               disable=not context.progress)
     step_started = time.time()
-    for batch in bar:
-        x, scribbles, prior = _make_batch(images, batch, ema, config, rng, use_prior=not warm)
+    for step, batch in enumerate(bar):
+        x, scribbles, pseudo = _make_batch(images, batch, ema, config, rng, use_prior=not warm)
         x, scribbles = x.to(context.device), scribbles.to(context.device)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=context.amp):
             logits, features = network.forward_features(x)
-            terms = _loss_terms(network, logits, features, scribbles, prior, config, generator,
+            terms = _loss_terms(network, logits, features, scribbles, pseudo, config, generator,
                                 warm)
-        total = sum(_weights(config)[k] * v for k, v in terms.items())
+        ramp = _ramp(config, epoch + step / len(batches))
+        weights = {k: w if k == "pce" else w * ramp for k, w in _weights(config).items()}
+        total = sum(weights[k] * v for k, v in terms.items())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.step(optimizer)
@@ -193,8 +214,41 @@ def _train_epoch(context, images, ema, optimizer, scaler, epoch) -> dict[str, An
         bar.set_postfix(loss=f"{float(total.detach()):.3f}")
     entry = {key: value / len(batches) for key, value in sums.items()}
     entry["stage"] = "warm-up" if warm else "s2lcm"
+    entry["ramp"] = round(_ramp(config, epoch + 1.0), 3)
     entry["seconds_per_step"] = round((time.time() - step_started) / len(batches), 3)
     return entry
+
+
+def _ramp(config: TrainConfig, epoch: float) -> float:
+    """Factor (0 to 1) on the post-warm-up terms at a fractional epoch."""
+    if epoch < config.warmup_epochs:
+        return 0.0
+    if config.ramp_epochs == 0:
+        return 1.0
+    return min((epoch - config.warmup_epochs) / config.ramp_epochs, 1.0)
+
+
+def _load_initial_weights(network: torch.nn.Module, ref: str) -> None:
+    """Start from a saved model's weights (training heads keep their random init)."""
+    from safetensors.torch import load_file
+
+    from wsi_s2lcm.models import WEIGHTS_FILE, resolve_model
+
+    directory = resolve_model(ref)
+    try:
+        result = network.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
+    except (RuntimeError, OSError) as error:
+        raise ConfigError(f"init_model {ref}: its weights do not fit this network ({error}).")
+    missing = [k for k in result.missing_keys
+               if not k.startswith(("projection_full", "projection_quarter", "mil"))]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"init_model {ref}: its weights do not fit this network "
+                          f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}).")
+    logger.info("network initialized from %s", directory)
+
+
+def _needs_ema(config: TrainConfig) -> bool:
+    return config.use_pseudo or (config.use_mcr and config.mcr_labels == "pseudo")
 
 
 def _weights(config: TrainConfig) -> dict[str, float]:
@@ -203,29 +257,29 @@ def _weights(config: TrainConfig) -> dict[str, float]:
 
 
 def _make_batch(images, batch, ema, config, rng, use_prior):
-    crops, targets, priors = [], [], []
+    """Normalized crops, their scribble targets and (after warm-up) their EMA pseudo labels."""
+    crops, targets, pseudo = [], [], []
     for index in batch:
         item = images[index]
         prior = ema.estimate(item.key) if use_prior else None
         rgb, target, prior = augment_sample(item.image, item.target, prior, config, rng)
         crops.append(rgb)
         targets.append(target)
-        priors.append(np.full(target.shape, 0.5, np.float32) if prior is None else prior)
+        pseudo.append(np.full(target.shape, IGNORE, np.uint8) if prior is None
+                      else pseudo_labels(prior, config.pseudo_threshold))
     x = normalize(np.stack(crops))
     scribbles = torch.from_numpy(np.stack(targets)).long()
-    return x, scribbles, torch.from_numpy(np.stack(priors)) if use_prior else None
+    return x, scribbles, torch.from_numpy(np.stack(pseudo)).long() if use_prior else None
 
 
-def _loss_terms(network, logits, features, scribbles, prior, config, generator, warm):
+def _loss_terms(network, logits, features, scribbles, pseudo, config, generator, warm):
     terms = {"pce": losses.partial_cross_entropy(logits, scribbles)}
     if warm:
         return terms
     probability = torch.softmax(logits.detach().float(), dim=1)[:, 1]
     labelled = scribbles != losses.IGNORE
-    pseudo = None
-    if prior is not None:
-        prior = prior.to(logits.device)
-        pseudo = losses.binarize(prior, config.pseudo_threshold)
+    if pseudo is not None:
+        pseudo = pseudo.to(logits.device)
     if config.use_pseudo and pseudo is not None:
         terms["pseudo"] = losses.partial_cross_entropy(
             logits, torch.where(labelled, torch.full_like(pseudo, losses.IGNORE), pseudo)
