@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.postprocess import instances_from_probability
+from wsi_s2lcm.postprocess import instances_from_probability, label_table
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
 from wsi_s2lcm.predictor import PredictorSpec, build_predictor
 from wsi_s2lcm.tiling import Tile, touches_open_edge
@@ -154,7 +154,8 @@ def own_instances(labels: np.ndarray, tile: Tile, width: int, height: int) -> Ow
     """
     kept: list[int] = []
     fragments: list[int] = []
-    if not labels.any():
+    table = label_table(labels)
+    if not table:
         return Ownership(kept, fragments)
     cx0, cy0, cx1, cy1 = (
         tile.core[0] - tile.x,
@@ -162,25 +163,19 @@ def own_instances(labels: np.ndarray, tile: Tile, width: int, height: int) -> Ow
         tile.core[2] - tile.x,
         tile.core[3] - tile.y,
     )
-    ids = np.arange(1, int(labels.max()) + 1)
-    counts = np.bincount(labels.ravel(), minlength=ids.size + 1)[1:]
-    rows, cols = np.indices(labels.shape, sparse=True)
-    sum_y = ndimage.sum_labels(np.broadcast_to(rows, labels.shape), labels, ids)
-    sum_x = ndimage.sum_labels(np.broadcast_to(cols, labels.shape), labels, ids)
     in_core = set(np.unique(labels[cy0:cy1, cx0:cx1]).tolist())
-    for index, found in enumerate(ndimage.find_objects(labels)):
-        if found is None or counts[index] == 0:
+    for info in table:
+        if touches_open_edge(info.bbox, tile, width, height):
+            if info.label in in_core:
+                fragments.append(info.label)
             continue
-        label = index + 1
-        bbox = (found[0].start, found[1].start, found[0].stop, found[1].stop)
-        if touches_open_edge(bbox, tile, width, height):
-            if label in in_core:
-                fragments.append(label)
-            continue
-        centroid_y = sum_y[index] / counts[index] + 0.5
-        centroid_x = sum_x[index] / counts[index] + 0.5
-        if cx0 <= centroid_x < cx1 and cy0 <= centroid_y < cy1:
-            kept.append(label)
+        # The centroid of pixel centres, (sum + area/2) / area, lies in [c0, c1) exactly when
+        # 2*sum + area lies in [2*c0*area, 2*c1*area): integer arithmetic, no rounding.
+        sum_y, sum_x = info.sum_yx
+        twice_y, twice_x = 2 * sum_y + info.area, 2 * sum_x + info.area
+        if (2 * cx0 * info.area <= twice_x < 2 * cx1 * info.area
+                and 2 * cy0 * info.area <= twice_y < 2 * cy1 * info.area):
+            kept.append(info.label)
     return Ownership(kept, fragments)
 
 
