@@ -32,10 +32,10 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def measure(slide: Path, out: Path, model: str | None, workers: int) -> dict:
+def measure(slide: Path, out: Path, model: str | None, options: list[str]) -> dict:
     """Run the segment command under /usr/bin/time -v and return its figures."""
     command = ["/usr/bin/time", "-v", "wsi-s2lcm", "segment", str(slide), "--out", str(out),
-               "--overwrite", "-q", "--workers", str(workers)]
+               "--overwrite", "-q", *options]
     if model:
         command += ["--model", model]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -51,6 +51,8 @@ def measure(slide: Path, out: Path, model: str | None, workers: int) -> dict:
         "nuclei": summary["nuclei"],
         "tissue_mm2": summary["tissue_mm2"],
         "seconds": summary["seconds"]["total"],
+        "stages": summary["seconds"],
+        "model_px": summary["model_size_px"],
     }
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         if not slide.exists():
             build(slide, size, SOURCE, mpp=0.5, source_mpp=None, quality=90)
         started = time.perf_counter()
-        figures = measure(slide, args.workdir / "out", args.model, args.workers)
+        figures = measure(slide, args.workdir / "out", args.model, ["--workers", str(args.workers)])
         figures["size"] = size
         rows.append(figures)
         _say(f"{size}: {figures} ({time.perf_counter() - started:.0f} s)")
