@@ -41,7 +41,7 @@ def test_model_size_rounds_up():
 
 
 @pytest.mark.parametrize(
-    "values", [{"tile_size": 100}, {"overlap": 3}, {"overlap": 64, "tile_size": 128}]
+    "values", [{"tile_size": 100}, {"overlap": 3}, {"overlap": 112, "tile_size": 128}]
 )
 def test_bad_tiling_is_refused(values):
     with pytest.raises(ConfigError):

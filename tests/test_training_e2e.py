@@ -57,10 +57,11 @@ def _train(data, out, *extra):
 
 
 def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
-    result = _train(data, tmp_path / "model")
+    result = _train(data, tmp_path / "model", "--name", "tiny-model")
     assert result.exit_code == 0, result.output
     loaded = load_model(tmp_path / "model")
     card = loaded.card
+    assert card.name == "tiny-model"
     assert card.mpp == 0.5 and card.licence == "test licence"
     assert card.normalization["mean"] == [0.485, 0.456, 0.406]
     assert card.training["scribbles"]["ratio"] == 0.3

@@ -155,9 +155,12 @@ def models_command(as_json: bool) -> None:
         return
     for card, path in found:
         marker = " (default)" if card.name == DEFAULT_MODEL else ""
-        metrics = ", ".join(f"{k} {v}" for k, v in card.metrics.items() if isinstance(v, (int, float)))
-        click.echo(f"{card.name}{marker}: {card.architecture.get('encoder', '?')} U-Net at "
-                   f"{card.mpp} µm/px; {metrics or 'no metrics'}; {path}")
+        held_out = card.metrics.get("validation_full_masks", {}).get("mean", {})
+        figures = ", ".join(f"{k} {held_out[k]:.3f}" for k in ("dice", "aji", "pq") if k in held_out)
+        click.echo(
+            f"{card.name}{marker}: {card.architecture.get('encoder', '?')} U-Net at {card.mpp} µm/px"
+            f"; held-out {figures or 'figures not recorded'}; {card.licence.split(':')[0]}; {path}"
+        )
 
 
 @main.command("info")

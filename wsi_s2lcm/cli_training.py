@@ -145,9 +145,9 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
 
     progress = show_progress()
     if not click.get_current_context().meta.get("wsi_s2lcm.quiet"):
-        for name in (__name__, "wsi_s2lcm.training.trainer"):
-            if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
-                logging.getLogger(name).setLevel(logging.INFO)
+        for logger_name in (__name__, "wsi_s2lcm.training.trainer"):
+            if logging.getLogger(logger_name).getEffectiveLevel() > logging.INFO:
+                logging.getLogger(logger_name).setLevel(logging.INFO)
     if threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():

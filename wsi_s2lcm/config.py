@@ -46,10 +46,10 @@ class TilingConfig:
             )
         if self.overlap < 0 or self.overlap % 2:
             raise ConfigError(f"overlap {self.overlap} must be an even number >= 0; try 96.")
-        if self.overlap >= self.tile_size // 2:
+        if self.tile_size - self.overlap < 32:
             raise ConfigError(
-                f"overlap {self.overlap} must be less than half the tile size "
-                f"({self.tile_size}); use a larger --tile-size or a smaller --overlap."
+                f"overlap {self.overlap} leaves a core of less than 32 px in a tile of "
+                f"{self.tile_size}; use a larger --tile-size or a smaller --overlap."
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size {self.batch_size} must be at least 1.")

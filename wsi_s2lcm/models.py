@@ -125,7 +125,7 @@ def resolve_model(ref: str | Path | None) -> Path:
     shipped = _SHIPPED_DIR / str(ref)
     if (shipped / CARD_FILE).is_file():
         return shipped
-    names = ", ".join(card.name for card in list_models()) or "none"
+    names = ", ".join(card.name for card, _ in list_models()) or "none"
     raise ModelError(
         f"model {str(ref)!r} is neither a model directory nor a shipped model "
         f"(shipped: {names}); run 'wsi-s2lcm models' to list them."

@@ -29,6 +29,9 @@ from wsi_s2lcm.tiling import Tile, model_size, tile_grid
 logger = logging.getLogger(__name__)
 
 NUCLEUS_COLOR = (200, 0, 0)
+#: A nucleus whose pixels are already taken by written nuclei for this fraction of its area or
+#: more is a duplicate seen by a neighbouring tile, and is dropped.
+DUPLICATE_OVERLAP = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +147,6 @@ def segment_slide(
         height=height,
         predictor=spec,
         postprocess=post,
-        keep_labels=export.labels,
     )
 
     tissue = tissue_mask(slide) if tiling.tissue_mask else None
@@ -254,81 +256,96 @@ class _Outputs:
         self.export = export
         self.count = 0
         self.area_um2 = 0.0
+        self.duplicates = 0
         self._next_label = 1
         self._geojson = GeoJSONWriter(paths.geojson, compress=export.format.endswith(".gz"))
         self._geojson.open()
-        self._store = None
-        if export.labels:
-            attrs = {
-                "mpp": job.model_mpp,
-                "level0_mpp": job.level0_mpp,
-                "level0_transform": {"scale": job.scale, "offset_xy": [0.0, 0.0]},
-                "model_card": card.to_dict() if card else None,
-                "postprocess": dataclasses.asdict(post),
-                "tiling": dataclasses.asdict(tiling),
-                "slide": str(job.slide_path),
-            }
-            self._store = LabelStore.create(
-                paths.labels,
-                (job.height, job.width),
-                chunk=tiling.stride,
-                attrs=attrs,
-                overwrite=export.overwrite,
-            )
+        attrs = {
+            "mpp": job.model_mpp,
+            "level0_mpp": job.level0_mpp,
+            "level0_transform": {"scale": job.scale, "offset_xy": [0.0, 0.0]},
+            "model_card": card.to_dict() if card else None,
+            "postprocess": dataclasses.asdict(post),
+            "tiling": dataclasses.asdict(tiling),
+            "slide": str(job.slide_path),
+        }
+        # The label store also finds duplicates; without --labels it is scratch, removed at the end.
+        store_path = (
+            paths.labels if export.labels else paths.labels.with_name(f".{paths.labels.name}.scratch")
+        )
+        self._store = LabelStore.create(
+            store_path,
+            (job.height, job.width),
+            chunk=tiling.stride,
+            attrs=attrs,
+            overwrite=export.overwrite or not export.labels,
+        )
         self._overlay = None
         if export.overlay:
             thumbnail, level0_per_px = slide.thumbnail(2048)
             self._overlay = Overlay(thumbnail, level0_per_px)
 
     def add_tile(self, result: TileResult) -> None:
-        from wsi_s2lcm.qupath.export import nucleus_feature
-
-        for nucleus in result.nuclei:
-            self._geojson.write(nucleus_feature(nucleus, NUCLEUS_COLOR))
-            self.area_um2 += nucleus.measurements.get("Area µm^2", 0.0)
-        if self._store is not None and result.labels is not None and result.nuclei:
-            labels = result.labels.astype(np.uint32)
-            labels[labels > 0] += self._next_label - 1
-            self._write_labels(result.tile.x, result.tile.y, labels)
-        if self._overlay is not None:
-            self._overlay.add([n.polygon for n in result.nuclei])
-        self._next_label += len(result.nuclei)
-        self.count += len(result.nuclei)
+        """Write a tile's nuclei, except those that duplicate one written already."""
+        kept = self._claim(result.tile.x, result.tile.y, result.labels)
+        for index in kept:
+            self._write_nucleus(result.nuclei[index])
 
     def add_whole(self, whole: Any) -> None:
+        """Write a nucleus re-segmented whole, unless it duplicates one written already."""
+        if self._claim(whole.origin_xy[0], whole.origin_xy[1], whole.mask.astype(np.uint32)):
+            self._write_nucleus(whole.nucleus)
+
+    def _write_nucleus(self, nucleus: Any) -> None:
         from wsi_s2lcm.qupath.export import nucleus_feature
 
-        self._geojson.write(nucleus_feature(whole.nucleus, NUCLEUS_COLOR))
-        self.area_um2 += whole.nucleus.measurements.get("Area µm^2", 0.0)
-        if self._store is not None:
-            labels = whole.mask.astype(np.uint32) * np.uint32(self._next_label)
-            self._write_labels(whole.origin_xy[0], whole.origin_xy[1], labels)
+        self._geojson.write(nucleus_feature(nucleus, NUCLEUS_COLOR))
+        self.area_um2 += nucleus.measurements.get("Area µm^2", 0.0)
         if self._overlay is not None:
-            self._overlay.add([whole.nucleus.polygon])
-        self._next_label += 1
+            self._overlay.add([nucleus.polygon])
         self.count += 1
 
-    def _write_labels(self, x: int, y: int, labels: np.ndarray) -> None:
-        """Write nonzero labels where the store is still empty, clipped to the image."""
+    def _claim(self, x: int, y: int, labels: np.ndarray) -> list[int]:
+        """Paint a block of nuclei (values 1..n) into the label store; return those kept.
+
+        Neighbouring tiles see a nucleus near their common border with different context, so
+        each may keep its own version of it. A nucleus whose pixels are already taken, for
+        :data:`DUPLICATE_OVERLAP` of its area or more, duplicates one written before and is
+        dropped; the others fill the pixels still empty.
+        """
+        count = int(labels.max()) if labels.size else 0
+        if count == 0:
+            return []
         height, width = self._store.shape
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + labels.shape[1], width), min(y + labels.shape[0], height)
         if x0 >= x1 or y0 >= y1:
-            return
+            return []
         block = labels[y0 - y : y1 - y, x0 - x : x1 - x]
-        self._store.write_where_empty(y0, x0, block)
+        taken = self._store.read(y0, x0, y1 - y0, x1 - x0) > 0
+        area = np.bincount(block.ravel(), minlength=count + 1)[1:]
+        overlap = np.bincount(block[taken].ravel(), minlength=count + 1)[1:]
+        keep = (area > 0) & (overlap < DUPLICATE_OVERLAP * area)
+        self.duplicates += int(np.sum((area > 0) & ~keep))
+        lookup = np.zeros(count + 1, dtype=np.uint32)
+        kept = np.flatnonzero(keep)
+        lookup[kept + 1] = np.arange(self._next_label, self._next_label + kept.size, dtype=np.uint32)
+        self._next_label += kept.size
+        self._store.write_where_empty(y0, x0, lookup[block])
+        return kept.tolist()
 
     def finish(self) -> None:
         self._geojson.close()
-        if self._store is not None:
+        if self.export.labels:
             self._store.finalize()
+        else:
+            self._store.abort()
         if self._overlay is not None:
             self._overlay.save(self.paths.overlay)
 
     def abort(self) -> None:
         self._geojson.abort()
-        if self._store is not None:
-            self._store.abort()
+        self._store.abort()
 
 
 def _summary(
@@ -357,6 +374,7 @@ def _summary(
         "tiles": tile_count,
         "large_nuclei_resegmented": len(large),
         "large_nuclei_truncated": sum(1 for w in large if w.truncated),
+        "duplicates_dropped": writer.duplicates,
         "slide_info": info,
         "model_mpp": job.model_mpp,
         "model_size_px": [job.width, job.height],

@@ -43,8 +43,6 @@ class TileJob:
         Recipe for the predictor, built once per worker.
     postprocess : PostprocessConfig
         Probability to instances.
-    keep_labels : bool
-        Return each tile's label image of kept nuclei (for the label store).
     """
 
     slide_path: str
@@ -55,7 +53,6 @@ class TileJob:
     height: int
     predictor: PredictorSpec
     postprocess: PostprocessConfig
-    keep_labels: bool = True
 
     @property
     def scale(self) -> float:
@@ -101,7 +98,7 @@ class TileResult:
         The tile.
     nuclei : list of Nucleus
         Owned nuclei, polygons in level-0 pixels.
-    labels : np.ndarray or None
+    labels : np.ndarray
         Tile-sized uint32 image where nucleus ``nuclei[i]`` has value ``i + 1``, 0 elsewhere.
     fragments : list of Fragment
         Instances too large for the tile margin.
@@ -111,7 +108,7 @@ class TileResult:
 
     tile: Tile
     nuclei: list[Nucleus]
-    labels: np.ndarray | None
+    labels: np.ndarray
     fragments: list[Fragment]
     seconds: dict[str, float]
 
@@ -200,11 +197,9 @@ def tile_result(
         offset_xy=(tile.x * scale, tile.y * scale),
         level0_mpp=job.level0_mpp,
     )
-    kept_labels = None
-    if job.keep_labels:
-        lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
-        lookup[ownership.kept] = np.arange(1, len(ownership.kept) + 1, dtype=np.uint32)
-        kept_labels = lookup[labels]
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
+    lookup[ownership.kept] = np.arange(1, len(ownership.kept) + 1, dtype=np.uint32)
+    kept_labels = lookup[labels]
     fragments = []
     for label in ownership.fragments:
         found = ndimage.find_objects((labels == label).astype(np.int32))[0]
