@@ -24,6 +24,7 @@ from wsi_s2lcm.rasterize import rasterize_polygons
 from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.slide import open_slide
 from wsi_s2lcm.store import LabelStore
+from wsi_s2lcm.tile_task import outside_to_background
 
 MONUSEG_IMAGE = "TCGA-21-5786-01Z-00-DX1"  # a validation image of the default model
 
@@ -114,7 +115,7 @@ def test_tiled_equals_untiled_with_the_real_network(tmp_path, monuseg_dir):
     margin = tiling.margin  # the same network phase and white border as the tiles
     with open_slide(image, mpp=0.25) as slide:
         rgb = slide.read(-margin, -margin, 500 + 2 * margin, 500 + 2 * margin, 0.5)
-    probability = predictor(rgb[None])[0]
+    probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, 500, 500)
     post = PostprocessConfig(**model.card.postprocess)
     untiled = instances_from_probability(probability, post, 0.5)[margin:-margin, margin:-margin]
     assert np.mean((tiled > 0) == (untiled > 0)) > 0.99

@@ -15,6 +15,7 @@ from wsi_s2lcm.rasterize import rasterize_polygons
 from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.slide import open_slide
 from wsi_s2lcm.store import LabelStore
+from wsi_s2lcm.tile_task import outside_to_background
 from shapely.geometry import shape
 
 IMAGE = "TCGA-18-5592-01Z-00-DX1"
@@ -37,7 +38,8 @@ def untiled(monuseg_dir):
     # One pass over the whole image, with the reader's convention that outside is white glass.
     pad = 32
     rgb = slide.read(-pad, -pad, 500 + 2 * pad, 500 + 2 * pad, 0.5)
-    labels = instances_from_probability(predictor(rgb[None])[0], post, 0.5)
+    probability = outside_to_background(predictor(rgb[None])[0], -pad, -pad, 500, 500)
+    labels = instances_from_probability(probability, post, 0.5)
     return labels[pad:-pad, pad:-pad]
 
 

@@ -84,3 +84,13 @@ def test_tiling_module_imports_no_heavy_dependency():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_outside_the_slide_is_background():
+    from wsi_s2lcm.tile_task import outside_to_background
+
+    probability = np.ones((8, 8), dtype=np.float32)
+    inside = outside_to_background(probability, -2, -3, 5, 100)
+    assert inside[3:, 2:7].all() and inside[:3].sum() == 0 and inside[:, :2].sum() == 0
+    assert inside[:, 7:].sum() == 0
+    assert outside_to_background(probability, 0, 0, 8, 8) is probability

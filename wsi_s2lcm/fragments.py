@@ -20,7 +20,7 @@ from scipy import ndimage
 from wsi_s2lcm.config import TilingConfig
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
 from wsi_s2lcm.postprocess import instances_from_probability
-from wsi_s2lcm.tile_task import Fragment, TileJob
+from wsi_s2lcm.tile_task import Fragment, TileJob, outside_to_background
 from wsi_s2lcm.tiling import owner_of
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,9 @@ def resolve_group(
         window = _window_around(box, tiling.margin, max_window)
         wx0, wy0, wx1, wy1 = window
         rgb = slide.read(wx0, wy0, wx1 - wx0, wy1 - wy0, job.model_mpp)
-        probability = predictor(rgb[None])[0]
+        probability = outside_to_background(
+            predictor(rgb[None])[0], wx0, wy0, job.width, job.height
+        )
         labels = instances_from_probability(probability, job.postprocess, job.model_mpp)
         under_seed = labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0][seed]
         under_seed = under_seed[under_seed > 0]

@@ -176,6 +176,36 @@ def own_instances(labels: np.ndarray, tile: Tile, width: int, height: int) -> Ow
     return Ownership(kept, fragments)
 
 
+def outside_to_background(
+    probability: np.ndarray, x: int, y: int, width: int, height: int
+) -> np.ndarray:
+    """Zero the probability of pixels outside the slide (the reader pads them with white).
+
+    Parameters
+    ----------
+    probability
+        ``(h, w)`` probabilities of the box whose model-frame origin is ``(x, y)``.
+    x, y
+        Model-frame origin of the box.
+    width, height
+        Model-frame size of the slide.
+
+    Returns
+    -------
+    np.ndarray
+        ``probability`` itself when the box lies inside the slide, else a masked copy.
+    """
+    rows, cols = probability.shape
+    left, top = max(0, -x), max(0, -y)
+    right, bottom = min(cols, width - x), min(rows, height - y)
+    if left == 0 and top == 0 and right == cols and bottom == rows:
+        return probability
+    inside = np.zeros_like(probability)
+    if left < right and top < bottom:
+        inside[top:bottom, left:right] = probability[top:bottom, left:right]
+    return inside
+
+
 def tile_result(
     tile: Tile,
     rgb: np.ndarray,
@@ -185,6 +215,7 @@ def tile_result(
 ) -> TileResult:
     """Instances, ownership and polygons for one tile whose probabilities are known."""
     started = time.perf_counter()
+    probability = outside_to_background(probability, tile.x, tile.y, job.width, job.height)
     labels = instances_from_probability(probability, job.postprocess, job.model_mpp)
     ownership = own_instances(labels, tile, job.width, job.height)
     scale = job.scale
