@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from wsi_s2lcm.cli import main
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
 from wsi_s2lcm.models import load_model
@@ -68,8 +70,7 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     assert card.training["config"]["epochs"] == 3
     assert len(card.metrics["held_out_images"]) == 1
     assert 0.0 <= card.metrics["val_balanced_accuracy"] <= 1.0
-    image = np.asarray(
-        __import__("tifffile").imread(data / "images" / f"{STEMS[0]}.tif"))[:128, :96]
+    image = np.asarray(tifffile.imread(data / "images" / f"{STEMS[0]}.tif"))[:128, :96]
     with torch.inference_mode():
         logits = loaded.network(normalize(image))
     assert logits.shape == (1, 2, 128, 96) and torch.isfinite(logits).all()
@@ -78,6 +79,13 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     assert log[0]["stage"] == "warm-up" and log[-1]["stage"] == "s2lcm"
     assert all(key in log[-1] for key in ("pseudo", "mcr_full", "mcr_quarter", "mil", "val_pce"))
     assert all(np.isfinite(log[-1][k]) for k in ("loss", "mcr_full", "mcr_quarter", "mil"))
+    segmented = CliRunner().invoke(main, [
+        "segment", str(data / "images" / f"{STEMS[0]}.tif"), "--mpp", "0.25", "--model",
+        str(tmp_path / "model"), "--out", str(tmp_path / "segmented"), "--workers", "0", "-q"])
+    assert segmented.exit_code == 0, segmented.output
+    summary = json.loads((tmp_path / "segmented" / f"{STEMS[0]}.json").read_text())
+    assert summary["model_card"]["name"] == "tiny-model"
+    assert (tmp_path / "segmented" / f"{STEMS[0]}.geojson").is_file()
     assert (tmp_path / "model" / "curves.png").stat().st_size > 1000
     assert load_model(tmp_path / "model" / "last").card.training["epoch"] == 3
     state = torch.load(tmp_path / "model" / "train_state" / "state.pt", weights_only=True)
