@@ -67,6 +67,8 @@ def main() -> None:
               help="Tile side in pixels at the model's resolution (multiple of 32).")
 @click.option("--overlap", type=int, default=96, show_default=True,
               help="Pixels shared by neighbouring tiles at the model's resolution.")
+@click.option("--context", type=int, default=64, show_default=True,
+              help="Extra pixels the network sees around each tile (multiple of 16).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", type=int, default=2, show_default=True,
@@ -88,6 +90,7 @@ def segment_command(
     model: str | None,
     tile_size: int,
     overlap: int,
+    context: int,
     batch_size: int,
     device: str,
     workers: int,
@@ -110,7 +113,11 @@ def segment_command(
     if mpp is not None and mpp <= 0:
         raise ConfigError(f"--mpp {mpp} must be a positive number of µm per pixel.")
     tiling = TilingConfig(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, tissue_mask=not no_tissue_mask
+        tile_size=tile_size,
+        overlap=overlap,
+        context=context,
+        batch_size=batch_size,
+        tissue_mask=not no_tissue_mask,
     )
     export = ExportConfig(
         format=fmt, labels=not no_labels, overlay=not no_overlay, overwrite=overwrite

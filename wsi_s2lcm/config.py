@@ -27,6 +27,11 @@ class TilingConfig:
         Pixels shared by two neighbouring tiles; half of it is the context margin on each side of
         a tile's core. Nuclei smaller than half the overlap are always seen whole by their owner;
         larger ones are re-segmented on a larger window (see :mod:`wsi_s2lcm.segment`).
+    context : int
+        Extra pixels the network sees on each side of a tile, cropped off before
+        post-processing. Predictions near a tile's edge depend on this context; with the default
+        (64) plus half the overlap, 256-px and 1024-px tiles find the same nuclei (docs/SEGMENT.md).
+        A multiple of 16, so the network input stays a multiple of 32.
     batch_size : int
         Tiles per network batch and per dispatched task.
     tissue_mask : bool
@@ -35,6 +40,7 @@ class TilingConfig:
 
     tile_size: int = 768
     overlap: int = 96
+    context: int = 64
     batch_size: int = 4
     tissue_mask: bool = True
 
@@ -51,6 +57,8 @@ class TilingConfig:
                 f"overlap {self.overlap} leaves a core of less than 32 px in a tile of "
                 f"{self.tile_size}; use a larger --tile-size or a smaller --overlap."
             )
+        if self.context < 0 or self.context % 16:
+            raise ConfigError(f"context {self.context} must be a multiple of 16 and >= 0; try 64.")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size {self.batch_size} must be at least 1.")
 

@@ -123,10 +123,12 @@ def resolve_group(
     while True:
         window = _window_around(box, tiling.margin, max_window)
         wx0, wy0, wx1, wy1 = window
-        rgb = slide.read(wx0, wy0, wx1 - wx0, wy1 - wy0, job.model_mpp)
-        probability = outside_to_background(
-            predictor(rgb[None])[0], wx0, wy0, job.width, job.height
-        )
+        c = job.context
+        rgb = slide.read(wx0 - c, wy0 - c, wx1 - wx0 + 2 * c, wy1 - wy0 + 2 * c, job.model_mpp)
+        probability = predictor(rgb[None])[0]
+        if c:
+            rgb, probability = rgb[c:-c, c:-c], probability[c:-c, c:-c]
+        probability = outside_to_background(probability, wx0, wy0, job.width, job.height)
         labels = instances_from_probability(probability, job.postprocess, job.model_mpp)
         under_seed = labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0][seed]
         under_seed = under_seed[under_seed > 0]

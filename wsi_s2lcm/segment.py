@@ -147,6 +147,7 @@ def segment_slide(
         height=height,
         predictor=spec,
         postprocess=post,
+        context=tiling.context,
     )
 
     tissue = tissue_mask(slide) if tiling.tissue_mask else None

@@ -43,6 +43,8 @@ class TileJob:
         Recipe for the predictor, built once per worker.
     postprocess : PostprocessConfig
         Probability to instances.
+    context : int
+        Extra pixels read around each tile for the network only.
     """
 
     slide_path: str
@@ -53,6 +55,7 @@ class TileJob:
     height: int
     predictor: PredictorSpec
     postprocess: PostprocessConfig
+    context: int = 0
 
     @property
     def scale(self) -> float:
@@ -263,11 +266,17 @@ def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
     """
     started = time.perf_counter()
     slide = _open_slide_cached(job.slide_path, job.slide_mpp)
-    batch = np.stack([slide.read(t.x, t.y, t.size, t.size, job.model_mpp) for t in tiles])
+    c = job.context
+    batch = np.stack(
+        [slide.read(t.x - c, t.y - c, t.size + 2 * c, t.size + 2 * c, job.model_mpp) for t in tiles]
+    )
     read_done = time.perf_counter()
     predictor = build_predictor(job.predictor)
     probabilities = predictor(batch)
     predict_done = time.perf_counter()
+    if c:
+        batch = batch[:, c:-c, c:-c]
+        probabilities = probabilities[:, c:-c, c:-c]
     share = 1.0 / len(tiles)
     seconds = {
         "read": (read_done - started) * share,
