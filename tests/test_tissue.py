@@ -65,3 +65,16 @@ def test_mask_mpp_is_respected_on_large_slides() -> None:
     slide = ArraySlide(np.full((4000, 6000, 3), 255, np.uint8), mpp=1.0)
     assert tissue_mask(slide, mask_mpp=8.0).downsample == pytest.approx(8.0)
     assert tissue_mask(slide, mask_mpp=8.0).mask.shape == (500, 750)
+
+
+def test_contains_is_a_point_test_in_level0_pixels():
+    import numpy as np
+
+    from wsi_s2lcm.tissue import TissueMask
+
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[1, 2] = True
+    tissue = TissueMask(mask, 8.0)
+    assert tissue.contains(2 * 8 + 0.5, 1 * 8 + 7.9)
+    assert not tissue.contains(2 * 8 - 0.1, 1 * 8 + 1)
+    assert not tissue.contains(-1, 0) and not tissue.contains(1000, 1000)

@@ -160,7 +160,7 @@ def segment_slide(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writer = _Outputs(paths, export, job, tiling, slide, card, post)
+    writer = _Outputs(paths, export, job, tiling, slide, card, post, tissue)
     try:
         fragments: list[Fragment] = []
         stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
@@ -248,6 +248,7 @@ class _Outputs:
         slide: Any,
         card: Any,
         post: PostprocessConfig,
+        tissue: Any,
     ) -> None:
         from wsi_s2lcm.overlay import Overlay
         from wsi_s2lcm.qupath.export import GeoJSONWriter
@@ -258,6 +259,8 @@ class _Outputs:
         self.count = 0
         self.area_um2 = 0.0
         self.duplicates = 0
+        self.outside_tissue = 0
+        self._tissue = tissue
         self._next_label = 1
         self._geojson = GeoJSONWriter(paths.geojson, compress=export.format.endswith(".gz"))
         self._geojson.open()
@@ -288,12 +291,22 @@ class _Outputs:
 
     def add_tile(self, result: TileResult) -> None:
         """Write a tile's nuclei, except those that duplicate one written already."""
-        kept = self._claim(result.tile.x, result.tile.y, result.labels)
+        labels = result.labels
+        if self._tissue is not None:
+            outside = [i + 1 for i, n in enumerate(result.nuclei)
+                       if not self._tissue.contains(*n.centroid_xy_level0)]
+            if outside:
+                self.outside_tissue += len(outside)
+                labels = np.where(np.isin(labels, outside), 0, labels).astype(labels.dtype)
+        kept = self._claim(result.tile.x, result.tile.y, labels)
         for index in kept:
             self._write_nucleus(result.nuclei[index])
 
     def add_whole(self, whole: Any) -> None:
         """Write a nucleus re-segmented whole, unless it duplicates one written already."""
+        if self._tissue is not None and not self._tissue.contains(*whole.nucleus.centroid_xy_level0):
+            self.outside_tissue += 1
+            return
         if self._claim(whole.origin_xy[0], whole.origin_xy[1], whole.mask.astype(np.uint32)):
             self._write_nucleus(whole.nucleus)
 
@@ -376,6 +389,7 @@ def _summary(
         "large_nuclei_resegmented": len(large),
         "large_nuclei_truncated": sum(1 for w in large if w.truncated),
         "duplicates_dropped": writer.duplicates,
+        "outside_tissue_dropped": writer.outside_tissue,
         "slide_info": info,
         "model_mpp": job.model_mpp,
         "model_size_px": [job.width, job.height],

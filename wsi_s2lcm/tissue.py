@@ -67,6 +67,14 @@ class TissueMask:
         return bool(self.mask[r0:r1, c0:c1].any())
 
 
+    def contains(self, x_level0: float, y_level0: float) -> bool:
+        """Return True if the level-0 point lies on a tissue pixel of the mask."""
+        col = math.floor(x_level0 / self.downsample)
+        row = math.floor(y_level0 / self.downsample)
+        rows, cols = self.mask.shape
+        return 0 <= row < rows and 0 <= col < cols and bool(self.mask[row, col])
+
+
 def _clamped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
     """Otsu threshold of ``values`` clamped to ``bounds`` (the lower bound if values are constant)."""
     if values.size == 0 or values.min() == values.max():
