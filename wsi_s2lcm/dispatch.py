@@ -26,11 +26,15 @@ class Dispatcher:
         A ``distributed.Client``, or ``None`` to run in the calling thread.
     in_flight
         Most tasks submitted and not yet collected.
+    workers
+        Tasks that may run at once on one machine (local threads or processes); callers use it
+        to share the CPU cores between them.
     """
 
-    def __init__(self, client: Any | None, in_flight: int) -> None:
+    def __init__(self, client: Any | None, in_flight: int, workers: int = 1) -> None:
         self.client = client
         self.in_flight = max(1, in_flight)
+        self.workers = max(1, workers)
 
     def imap_unordered(
         self, fn: Callable[..., Any], items: Iterable[Any], *args: Any
@@ -125,7 +129,7 @@ def open_dispatcher(
             total = workers
         logger.info("Dask client %s with %d worker thread(s)", client.dashboard_link or client, total)
         try:
-            yield Dispatcher(client, in_flight=2 * total)
+            yield Dispatcher(client, in_flight=2 * total, workers=1 if scheduler else total)
         finally:
             client.close()
             if cluster is not None:

@@ -44,12 +44,15 @@ class ModelSpec:
 
     model_dir: str
     device: str = "auto"
+    cpu_threads: int | None = None
 
     def build(self) -> "TorchPredictor":
         """Load the model and return a predictor on the resolved device."""
         from wsi_s2lcm.models import load_model
 
-        return TorchPredictor(load_model(self.model_dir), device=self.device)
+        return TorchPredictor(
+            load_model(self.model_dir), device=self.device, cpu_threads=self.cpu_threads
+        )
 
 
 @functools.lru_cache(maxsize=4)
@@ -96,15 +99,20 @@ class TorchPredictor:
         A :class:`wsi_s2lcm.models.LoadedModel`.
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
+    cpu_threads
+        Torch threads for CPU inference in this process (``None``: torch's default). Workers
+        running side by side each get their share of the cores instead of all of them.
     """
 
-    def __init__(self, model: Any, device: str = "auto") -> None:
+    def __init__(self, model: Any, device: str = "auto", cpu_threads: int | None = None) -> None:
         import torch
 
         self.card = model.card
         self.mpp = float(model.card.mpp)
         self.device = torch.device(resolve_device(device))
         self.amp = self.device.type == "cuda"
+        if self.device.type == "cpu" and cpu_threads:
+            torch.set_num_threads(cpu_threads)
         network = model.network.to(self.device).eval()
         if self.amp:
             network = network.to(memory_format=torch.channels_last)

@@ -134,7 +134,10 @@ def segment_slide(
     if predictor_spec is None or model is not None:
         model_dir = resolve_model(model)
         card = read_card(model_dir)
-    spec = predictor_spec or ModelSpec(str(model_dir), device)
+    workers = dispatcher.workers if dispatcher is not None else 1
+    spec = predictor_spec or ModelSpec(
+        str(model_dir), device, cpu_threads=max(1, (os.cpu_count() or 1) // workers)
+    )
     model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
     post = postprocess or PostprocessConfig(**(card.postprocess if card else {}))
     width, height = model_size(slide.dimensions, slide.mpp, model_mpp)
