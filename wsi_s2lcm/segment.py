@@ -18,56 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.errors import OutputExistsError
+from wsi_s2lcm.outputs import OutputPaths, RunOutputs
 from wsi_s2lcm.predictor import ModelSpec, PredictorSpec, build_predictor
 from wsi_s2lcm.tile_task import Fragment, TileJob, TileResult, process_tiles
 from wsi_s2lcm.tiling import Tile, model_size, tile_grid
 
 logger = logging.getLogger(__name__)
-
-NUCLEUS_COLOR = (200, 0, 0)
-#: A nucleus whose pixels are already taken by written nuclei for this fraction of its area or
-#: more is a duplicate seen by a neighbouring tile, and is dropped.
-DUPLICATE_OVERLAP = 0.2
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputPaths:
-    """The files a run writes for one slide, named after its stem."""
-
-    geojson: Path
-    labels: Path
-    overlay: Path
-    summary: Path
-
-    @classmethod
-    def for_slide(cls, slide_path: str | Path, out_dir: str | Path, export: ExportConfig) -> "OutputPaths":
-        """Output paths in ``out_dir`` for a slide."""
-        stem = slide_stem(slide_path)
-        out = Path(out_dir)
-        return cls(
-            geojson=out / f"{stem}.{export.format}",
-            labels=out / f"{stem}.zarr",
-            overlay=out / f"{stem}.overlay.png",
-            summary=out / f"{stem}.json",
-        )
-
-    def wanted(self, export: ExportConfig) -> list[Path]:
-        """The outputs this export config writes."""
-        paths = [self.geojson, self.summary]
-        if export.labels:
-            paths.append(self.labels)
-        if export.overlay:
-            paths.append(self.overlay)
-        return paths
-
-
-def slide_stem(slide_path: str | Path) -> str:
-    """The name outputs are given: the slide's file name without its extension."""
-    return Path(slide_path).stem
 
 
 def segment_slide(
@@ -163,7 +121,7 @@ def segment_slide(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writer = _Outputs(paths, export, job, tiling, slide, card, post, tissue)
+    writer = RunOutputs(paths, export, job, tiling, slide, card, post, tissue)
     try:
         fragments: list[Fragment] = []
         stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
@@ -239,132 +197,6 @@ def _resolve_fragments(
     return [whole for whole in found if whole is not None]
 
 
-class _Outputs:
-    """The run's writers: GeoJSON stream, label store and overlay, finished or aborted together."""
-
-    def __init__(
-        self,
-        paths: OutputPaths,
-        export: ExportConfig,
-        job: TileJob,
-        tiling: TilingConfig,
-        slide: Any,
-        card: Any,
-        post: PostprocessConfig,
-        tissue: Any,
-    ) -> None:
-        from wsi_s2lcm.overlay import Overlay
-        from wsi_s2lcm.qupath.export import GeoJSONWriter
-        from wsi_s2lcm.store import LabelStore
-
-        self.paths = paths
-        self.export = export
-        self.count = 0
-        self.area_um2 = 0.0
-        self.duplicates = 0
-        self.outside_tissue = 0
-        self._tissue = tissue
-        self._next_label = 1
-        self._geojson = GeoJSONWriter(paths.geojson, compress=export.format.endswith(".gz"))
-        self._geojson.open()
-        attrs = {
-            "mpp": job.model_mpp,
-            "level0_mpp": job.level0_mpp,
-            "level0_transform": {"scale": job.scale, "offset_xy": [0.0, 0.0]},
-            "model_card": card.to_dict() if card else None,
-            "postprocess": dataclasses.asdict(post),
-            "tiling": dataclasses.asdict(tiling),
-            "slide": str(job.slide_path),
-        }
-        # The label store also finds duplicates; without --labels it is scratch, removed at the end.
-        store_path = (
-            paths.labels if export.labels else paths.labels.with_name(f".{paths.labels.name}.scratch")
-        )
-        self._store = LabelStore.create(
-            store_path,
-            (job.height, job.width),
-            chunk=tiling.stride,
-            attrs=attrs,
-            overwrite=export.overwrite or not export.labels,
-        )
-        self._overlay = None
-        if export.overlay:
-            thumbnail, level0_per_px = slide.thumbnail(2048)
-            self._overlay = Overlay(thumbnail, level0_per_px)
-
-    def add_tile(self, result: TileResult) -> None:
-        """Write a tile's nuclei, except those that duplicate one written already."""
-        labels = result.labels
-        if self._tissue is not None:
-            outside = [i + 1 for i, n in enumerate(result.nuclei)
-                       if not self._tissue.contains(*n.centroid_xy_level0)]
-            if outside:
-                self.outside_tissue += len(outside)
-                labels = np.where(np.isin(labels, outside), 0, labels).astype(labels.dtype)
-        kept = self._claim(result.tile.x, result.tile.y, labels)
-        for index in kept:
-            self._write_nucleus(result.nuclei[index])
-
-    def add_whole(self, whole: Any) -> None:
-        """Write a nucleus re-segmented whole, unless it duplicates one written already."""
-        if self._tissue is not None and not self._tissue.contains(*whole.nucleus.centroid_xy_level0):
-            self.outside_tissue += 1
-            return
-        if self._claim(whole.origin_xy[0], whole.origin_xy[1], whole.mask.astype(np.uint32)):
-            self._write_nucleus(whole.nucleus)
-
-    def _write_nucleus(self, nucleus: Any) -> None:
-        from wsi_s2lcm.qupath.export import nucleus_feature
-
-        self._geojson.write(nucleus_feature(nucleus, NUCLEUS_COLOR))
-        self.area_um2 += nucleus.measurements.get("Area µm^2", 0.0)
-        if self._overlay is not None:
-            self._overlay.add([nucleus.polygon])
-        self.count += 1
-
-    def _claim(self, x: int, y: int, labels: np.ndarray) -> list[int]:
-        """Paint a block of nuclei (values 1..n) into the label store; return those kept.
-
-        Neighbouring tiles see a nucleus near their common border with different context, so
-        each may keep its own version of it. A nucleus whose pixels are already taken, for
-        :data:`DUPLICATE_OVERLAP` of its area or more, duplicates one written before and is
-        dropped; the others fill the pixels still empty.
-        """
-        count = int(labels.max()) if labels.size else 0
-        if count == 0:
-            return []
-        height, width = self._store.shape
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + labels.shape[1], width), min(y + labels.shape[0], height)
-        if x0 >= x1 or y0 >= y1:
-            return []
-        block = labels[y0 - y : y1 - y, x0 - x : x1 - x]
-        taken = self._store.read(y0, x0, y1 - y0, x1 - x0) > 0
-        area = np.bincount(block.ravel(), minlength=count + 1)[1:]
-        overlap = np.bincount(block[taken].ravel(), minlength=count + 1)[1:]
-        keep = (area > 0) & (overlap < DUPLICATE_OVERLAP * area)
-        self.duplicates += int(np.sum((area > 0) & ~keep))
-        lookup = np.zeros(count + 1, dtype=np.uint32)
-        kept = np.flatnonzero(keep)
-        lookup[kept + 1] = np.arange(self._next_label, self._next_label + kept.size, dtype=np.uint32)
-        self._next_label += kept.size
-        self._store.write_where_empty(y0, x0, lookup[block])
-        return kept.tolist()
-
-    def finish(self) -> None:
-        self._geojson.close()
-        if self.export.labels:
-            self._store.finalize()
-        else:
-            self._store.abort()
-        if self._overlay is not None:
-            self._overlay.save(self.paths.overlay)
-
-    def abort(self) -> None:
-        self._geojson.abort()
-        self._store.abort()
-
-
 def _summary(
     slide: Any,
     card: Any,
@@ -373,7 +205,7 @@ def _summary(
     export: ExportConfig,
     tissue: Any,
     tile_count: int,
-    writer: _Outputs,
+    writer: RunOutputs,
     large: list[Any],
 ) -> dict[str, Any]:
     info = slide.info()
