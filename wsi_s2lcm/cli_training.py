@@ -42,6 +42,7 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff")
 def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, ratio: float,
                       seed: int, overwrite: bool) -> None:
     """Generate scribbles from instance masks (the Scribble2Label recipe), as QuPath GeoJSON."""
+    from wsi_s2lcm.evaluation import read_label_image
     from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 
     masks = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
@@ -53,7 +54,9 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
         out_path = out_dir / f"{mask_path.stem}.geojson"
         if out_path.exists() and not overwrite:
             raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it.")
-        labels = _read_labels(mask_path)
+        labels, warning = read_label_image(mask_path)
+        if warning:
+            logger.warning("%s", warning)
         if images_dir is not None:
             _check_image(images_dir, mask_path.stem, labels.shape)
         counts = write_scribbles_from_labels(labels, out_path, ratio,
@@ -62,27 +65,6 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
         logger.info("%s: %d nucleus and %d background scribbles (%d nuclei)", out_path,
                     counts["nucleus_scribbles"], counts["background_scribbles"], counts["nuclei"])
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-
-
-def _read_labels(path: Path):
-    import numpy as np
-
-    try:
-        if path.suffix.lower() == ".png":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                labels = np.array(image)
-        else:
-            import tifffile
-
-            labels = tifffile.imread(path)
-    except Exception as error:  # PIL and tifffile raise many types for bad files
-        raise ConfigError(f"{path}: cannot read the label image ({error}).") from None
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"{path}: expected a 2-D integer label image, got {labels.dtype} "
-                          f"{labels.shape}.")
-    return labels
 
 
 def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
