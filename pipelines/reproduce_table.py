@@ -21,6 +21,7 @@ Usage (from the project root)::
     python pipelines/reproduce_table.py --threads 2           # everything (CPU hours)
     python pipelines/reproduce_table.py --rows pce-only,s2lcm --device cuda
     python pipelines/reproduce_table.py --quick              # smoke run, a few steps per row
+    python pipelines/reproduce_table.py --adopt-default runs # reuse the default model's stages
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import csv
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -247,13 +249,73 @@ class TableData:
         return self._cache[key]
 
 
+ADOPT_IGNORED = ("init_model", "licence")
+"""TrainConfig values an adopted stage may differ in: where it started from, the licence text."""
+
+
+def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableData,
+                ratio: float) -> dict[str, Any]:
+    """Copy a finished model directory of pipelines/train_default_model.sh in as a stage.
+
+    The default model's two stages are the warm-up and the ``s2lcm`` row of the recipe's
+    scribble ratio; adopting them saves retraining them. The source must have run all of its
+    epochs with the same TrainConfig (up to :data:`ADOPT_IGNORED`), the same split, and scribble
+    files identical to the table's at ``ratio``.
+
+    Returns
+    -------
+    dict
+        The stage record, as :func:`train_stage` writes it, with ``adopted_from``.
+
+    Raises
+    ------
+    ConfigError
+        When the source is unfinished or differs in any of these.
+    """
+    last = read_card(source / LAST_DIR)
+    training = last.training
+    theirs = {k: v for k, v in training["config"].items() if k not in ADOPT_IGNORED}
+    ours = {k: v for k, v in config.to_dict().items() if k not in ADOPT_IGNORED}
+    scribbles = ROOT / training["data"]["scribbles"]
+    table_scribbles = data.scribbles(ratio)
+    problems = [
+        (theirs != ours, "its training config differs: "
+         + ", ".join(sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)))),
+        (training["epoch"] != config.epochs,
+         f"it ran {training['epoch']} of {config.epochs} epochs"),
+        ((training["data"]["train"], training["data"]["validation"])
+         != (data.train_stems, data.val_stems), "its split differs"),
+        (any((scribbles / f"{s}.geojson").read_bytes()
+             != (table_scribbles / f"{s}.geojson").read_bytes()
+             for s in data.train_stems + data.val_stems),
+         f"its scribbles ({scribbles}) differ from {table_scribbles}"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ConfigError(f"--adopt-default: cannot adopt {source} as {out_dir.name}: "
+                              f"{message}.")
+    shutil.copytree(source, out_dir)
+    best = read_card(source)
+    done = {"config": config.to_dict(), "train_seconds": training["training_seconds"],
+            "wall_seconds_last_call": 0.0, "resumed": False, "best_epoch": best.training["epoch"],
+            "selection": {k: v for k, v in best.metrics.items() if k.startswith("val_")},
+            "hardware": training.get("hardware"), "adopted_from": str(source)}
+    _write_json(out_dir / STAGE_FILE, done)
+    logger.info("%s: adopted %s (%d epochs, %.0f s of training)", out_dir, source,
+                training["epoch"], training["training_seconds"])
+    return done
+
+
 def train_stage(out_dir: Path, config: TrainConfig, images: Callable[[], tuple[list, list]],
-                device: str, record: dict) -> dict[str, Any]:
+                device: str, record: dict, adopt: Callable[[], dict] | None = None
+                ) -> dict[str, Any]:
     """Train one stage into ``out_dir`` unless done; resume an interrupted one.
 
-    Returns the stage record (``out_dir/stage.json``): config, ``train_seconds`` (the card's
-    ``training_seconds``: epochs and EMA updates, without held-out scoring and checkpoints),
-    wall seconds of the last call, best epoch and its held-out scribble metrics.
+    ``adopt``, when given and ``out_dir`` does not exist yet, makes the stage instead (see
+    :func:`adopt_stage`). Returns the stage record (``out_dir/stage.json``): config,
+    ``train_seconds`` (the card's ``training_seconds``: epochs and EMA updates, without held-out
+    scoring and checkpoints), wall seconds of the last call, best epoch and its held-out
+    scribble metrics.
     """
     marker = out_dir / STAGE_FILE
     if marker.is_file():
@@ -261,6 +323,8 @@ def train_stage(out_dir: Path, config: TrainConfig, images: Callable[[], tuple[l
         if done["config"] != config.to_dict():
             raise ConfigError(f"{out_dir}: trained with other settings; delete it or pass --out.")
         return done
+    if adopt is not None and not out_dir.exists():
+        return adopt()
     train, val = images()
     resume = (out_dir / STATE_DIR / STATE_FILE).is_file()
     logger.info("%s: %s %d epochs on %d images", out_dir, "resuming" if resume else "training",
@@ -278,8 +342,14 @@ def train_stage(out_dir: Path, config: TrainConfig, images: Callable[[], tuple[l
 
 
 def ensure_model(table: Table, data: TableData, row: Row, out: Path, device: str,
-                 quick: bool, epochs: int | None) -> dict[str, dict]:
-    """Train a training row's two stages (each skipped when done); their stage records."""
+                 quick: bool, epochs: int | None, adopt: dict[str, Path] | None = None
+                 ) -> dict[str, dict]:
+    """Train a training row's two stages (each skipped when done); their stage records.
+
+    ``adopt`` maps stage folder names to finished model directories to copy in instead of
+    training (:func:`adopt_stage`).
+    """
+    adopt = adopt or {}
     warm_dir = out / warmup_name(row)
     warm_config = load_train_config(None, stage_values(table, row, "warmup", quick, epochs))
     config = load_train_config(None, {**stage_values(table, row, "s2lcm", quick, epochs),
@@ -291,9 +361,17 @@ def ensure_model(table: Table, data: TableData, row: Row, out: Path, device: str
     def images() -> tuple[list, list]:
         return data.train_images(row, warm_config)
 
+    def adopter(folder: Path, stage_config: TrainConfig) -> Callable[[], dict] | None:
+        if folder.name not in adopt:
+            return None
+        return lambda: adopt_stage(adopt[folder.name], folder, stage_config, data, row.ratio)
+
     warmup = train_stage(warm_dir, warm_config, images, device,
-                         {**record, "table": {"stage": warm_dir.name}})
-    return {"warmup": warmup, "s2lcm": train_stage(out / row.name, config, images, device, record)}
+                         {**record, "table": {"stage": warm_dir.name}},
+                         adopter(warm_dir, warm_config))
+    second = train_stage(out / row.name, config, images, device, record,
+                         adopter(out / row.name, config))
+    return {"warmup": warmup, "s2lcm": second}
 
 
 def evaluate_model(model_dir: Path, data: TableData, out_dir: Path,
@@ -313,9 +391,10 @@ def evaluate_model(model_dir: Path, data: TableData, out_dir: Path,
 
 
 def run_row(table: Table, data: TableData, row: Row, out: Path, device: str, quick: bool,
-            epochs: int | None) -> dict[str, Any]:
+            epochs: int | None, adopt: dict[str, Path] | None = None) -> dict[str, Any]:
     """Train (if needed) and evaluate one row; writes and returns its ``result.json``."""
-    stages = ensure_model(table, data, table.row(row.model_row), out, device, quick, epochs)
+    stages = ensure_model(table, data, table.row(row.model_row), out, device, quick, epochs,
+                          adopt)
     model_dir = out / row.model_row
     postprocess = PostprocessConfig(**{**read_card(model_dir).postprocess, **row.postprocess})
     (out / row.name).mkdir(parents=True, exist_ok=True)
@@ -443,6 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="MoNuSeg training folder")
     parser.add_argument("--split", type=Path, default=SPLIT_FILE, help="JSON train/validation")
     parser.add_argument("--rows-file", type=Path, default=ROWS_FILE, help="row definitions")
+    parser.add_argument("--adopt-default", type=Path, default=None, metavar="RUNS",
+                        help="take the warm-up and s2lcm stages from the finished run of "
+                             "pipelines/train_default_model.sh in RUNS (checked to be the same "
+                             "recipe) instead of training them again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = (args.out or ROOT / "runs" / ("table-quick" if args.quick else "table")).resolve()
@@ -456,12 +539,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         split = json.loads(args.split.read_text(encoding="utf-8"))
         data = TableData(args.data, split, out, table.recipe)
+        adopt = {}
+        if args.adopt_default:
+            adopt = {f"warmup-r{table.recipe['scribble_ratio']}":
+                     args.adopt_default / "default-model-warmup",
+                     DEFAULT_ROW: args.adopt_default / "default-model"}
         for row in rows:
             if (out / row.name / RESULT_FILE).is_file():
                 logger.info("%s: done (%s); skipped", row.name, out / row.name / RESULT_FILE)
                 continue
             started = time.perf_counter()
-            run_row(table, data, row, out, args.device, args.quick, args.epochs)
+            run_row(table, data, row, out, args.device, args.quick, args.epochs, adopt)
             logger.info("%s: done in %.0f s", row.name, time.perf_counter() - started)
     except S2LCMError as error:
         logger.error("%s", error)

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -144,16 +145,22 @@ def test_markdown_flags_a_component_that_makes_things_worse(table_module, table)
     assert widths == {14}  # 13 columns in every line, the paper anchors included
 
 
-def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys):
-    """Two rows (pce-only; S2L-CM without separation, which needs the s2lcm model) on 2
-    training images and 1 validation image, one epoch of 64 px crops per stage."""
+def _small_split(tmp_path: Path) -> Path:
+    """2 training images and 1 validation image of the fixed split."""
     split = json.loads((ROOT / "pipelines" / "monuseg_split.json").read_text())
     split_path = tmp_path / "split.json"
     split_path.write_text(json.dumps({"train": split["train"][:2],
                                       "validation": split["validation"][:1]}))
+    return split_path
+
+
+def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys):
+    """Two rows (pce-only; S2L-CM without separation, which needs the s2lcm model) on 2
+    training images and 1 validation image, one epoch of 64 px crops per stage."""
     out = tmp_path / "table"
-    argv = ["--quick", "--rows", "pce-only,postproc-no-separate", "--split", str(split_path),
-            "--data", str(monuseg_dir), "--out", str(out), "--threads", "1"]
+    argv = ["--quick", "--rows", "pce-only,postproc-no-separate", "--split",
+            str(_small_split(tmp_path)), "--data", str(monuseg_dir), "--out", str(out),
+            "--threads", "1"]
     assert table_module.main(argv) == 0
     with open(out / "results.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
@@ -175,3 +182,32 @@ def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys)
     stamp = result.stat().st_mtime_ns
     assert table_module.main(argv) == 0  # done rows are skipped
     assert result.stat().st_mtime_ns == stamp
+
+
+def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_module, monuseg_dir,
+                                                                        tmp_path):
+    """--adopt-default copies a finished warm-up in instead of training it, and refuses one
+    trained with another config."""
+    base = ["--quick", "--rows", "pce-only", "--split", str(_small_split(tmp_path)), "--data",
+            str(monuseg_dir), "--threads", "1"]
+    first = tmp_path / "first"
+    assert table_module.main(base + ["--out", str(first)]) == 0
+    runs = tmp_path / "runs"
+    shutil.copytree(first / "warmup-r0.5", runs / "default-model-warmup")
+    card_path = runs / "default-model-warmup" / "last" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["data"]["scribbles"] = str(first / "scribbles-r0.5-s0")
+    card["training"]["config"]["seed"] = 7
+    card_path.write_text(json.dumps(card))
+    refused = tmp_path / "refused"
+    assert table_module.main(base + ["--out", str(refused), "--adopt-default", str(runs)]) == 2
+    assert not (refused / "warmup-r0.5").exists()
+    card["training"]["config"]["seed"] = 0
+    card_path.write_text(json.dumps(card))
+    second = tmp_path / "second"
+    assert table_module.main(base + ["--out", str(second), "--adopt-default", str(runs)]) == 0
+    stage = json.loads((second / "warmup-r0.5" / "stage.json").read_text())
+    assert stage["adopted_from"] == str(runs / "default-model-warmup")
+    assert stage["train_seconds"] == card["training"]["training_seconds"] > 0
+    assert (second / "pce-only" / "result.json").is_file()
+    assert "adopted_from" not in json.loads((second / "pce-only" / "stage.json").read_text())

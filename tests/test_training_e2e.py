@@ -221,3 +221,22 @@ def test_init_model_starts_from_saved_weights_and_refuses_another_architecture(t
     assert torch.equal(target.head.weight, source.head.weight)
     with pytest.raises(ConfigError, match="do not fit"):
         _load_initial_weights(build_network({"encoder": "resnet50"}), str(tmp_path / "m"))
+
+
+def test_cosine_schedule_falls_from_the_rates_to_their_floor():
+    from wsi_s2lcm.network import build_network
+    from wsi_s2lcm.training.trainer import (_optimizer, _set_learning_rates,
+                                            learning_rate_factor)
+
+    config = TrainConfig(epochs=5, warmup_epochs=5, lr_schedule="cosine", lr_min_factor=0.1,
+                         lr_encoder=1e-3, lr_decoder=4e-3)
+    factors = [learning_rate_factor(config, e) for e in range(5)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1)
+    assert factors[2] == pytest.approx(0.55)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    assert learning_rate_factor(TrainConfig(epochs=5, warmup_epochs=5), 4) == 1.0
+    optimizer = _optimizer(build_network({}), config)
+    _set_learning_rates(optimizer, config, 4)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 4e-4])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

@@ -47,6 +47,12 @@ class TrainConfig:
         Epochs of partial cross-entropy only. METHOD 100.
     lr_encoder, lr_decoder : float
         RAdam learning rates of the encoder and of the decoder and heads. METHOD 3e-4, 3e-3.
+    lr_schedule : str
+        "constant" (METHOD) or "cosine": the rates follow half a cosine from their value at
+        epoch 0 down to ``lr_min_factor`` times it at the last epoch, set at each epoch's start.
+        [inferred]
+    lr_min_factor : float
+        Final fraction of the learning rates under the cosine schedule. [inferred] 0.05.
     weight_decay : float
         METHOD 5e-5.
     stroke_width_um : float
@@ -142,6 +148,8 @@ class TrainConfig:
     warmup_epochs: int = 100
     lr_encoder: float = 3e-4
     lr_decoder: float = 3e-3
+    lr_schedule: str = "constant"
+    lr_min_factor: float = 0.05
     weight_decay: float = 5e-5
     stroke_width_um: float = 0.5
     nucleus_classes: tuple = ("Nucleus", "Nuclei")
@@ -199,6 +207,9 @@ class TrainConfig:
             (0 < self.ema_alpha <= 1, "ema_alpha must lie in (0, 1]"),
             (self.ema_init in ("first", "bias_correct", "zero"),
              "ema_init must be first, bias_correct or zero"),
+            (self.lr_schedule in ("constant", "cosine"),
+             "lr_schedule must be constant or cosine"),
+            (0 < self.lr_min_factor <= 1, "lr_min_factor must lie in (0, 1]"),
             (0.5 <= self.pseudo_threshold < 1, "pseudo_threshold must lie in [0.5, 1)"),
             (self.mcr_labels in ("prediction", "pseudo"),
              "mcr_labels must be prediction or pseudo"),

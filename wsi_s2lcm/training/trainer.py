@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -139,13 +140,15 @@ def train_model(
         if epoch == config.warmup_epochs > 0 and config.restart_optimizer:
             optimizer = _optimizer(network, config)
             logger.info("warm-up done: optimizer restarted for the S2L-CM stage")
+        _set_learning_rates(optimizer, config, epoch)
         entry = _train_epoch(context, train_images, ema, optimizer, scaler, epoch)
         if _needs_ema(config) and (epoch + 1) % config.ema_every == 0 and (
             epoch + 1 > config.ema_start
         ):
             _update_ema(context, train_images, ema)
         run["seconds"] += time.time() - started
-        entry.update(epoch=epoch + 1, seconds=round(time.time() - started, 2))
+        entry.update(epoch=epoch + 1, seconds=round(time.time() - started, 2),
+                     lr_factor=round(learning_rate_factor(config, epoch), 4))
         checkpoint = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
         if checkpoint:
             entry.update(_validate(context, val_images))
@@ -177,6 +180,36 @@ def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Opt
          "lr": config.lr_decoder},
     ]
     return torch.optim.RAdam(groups, weight_decay=config.weight_decay)
+
+
+def learning_rate_factor(config: TrainConfig, epoch: int) -> float:
+    """Factor on the configured learning rates during ``epoch`` (0-based).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Gives ``lr_schedule``, ``lr_min_factor`` and ``epochs``.
+    epoch : int
+        The epoch about to run, 0-based.
+
+    Returns
+    -------
+    float
+        1 for the constant schedule; under "cosine", 1 at epoch 0 falling along half a cosine
+        to ``lr_min_factor`` at the last epoch.
+    """
+    if config.lr_schedule == "constant" or config.epochs == 1:
+        return 1.0
+    progress = epoch / (config.epochs - 1)
+    low = config.lr_min_factor
+    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _set_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                        epoch: int) -> None:
+    factor = learning_rate_factor(config, epoch)
+    for group, base in zip(optimizer.param_groups, (config.lr_encoder, config.lr_decoder)):
+        group["lr"] = base * factor
 
 
 def _train_epoch(context, images, ema, optimizer, scaler, epoch) -> dict[str, Any]:
