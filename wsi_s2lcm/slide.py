@@ -230,6 +230,27 @@ def _tiff_mpp(image: Image.Image) -> float | None:
     return mpp if 0.05 <= mpp <= 20 else None
 
 
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Decode a whole plain image file (TIFF, PNG, JPEG...) to ``(H, W, 3)`` uint8 RGB.
+
+    Gray is repeated to three channels; transparency is composited on white (:func:`to_rgb`).
+
+    Raises
+    ------
+    SlideError
+        When the file cannot be decoded as an image.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("RGB", "RGBA", "L", "LA"):
+                image = image.convert("RGBA")
+            return to_rgb(np.asarray(image))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise SlideError(f"{Path(path).name}: not a readable image ({exc}); give an image "
+                         "file") from exc
+
+
 class ImageSlide(ArraySlide):
     """A plain image file (TIFF, PNG, JPEG...), decoded on first read; refused above a size limit."""
 
@@ -261,11 +282,7 @@ class ImageSlide(ArraySlide):
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         with self._lock:
             if self._image is None:
-                with Image.open(self.path) as image:
-                    image.load()
-                    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-                        image = image.convert("RGBA")
-                    self._image = to_rgb(np.asarray(image))
+                self._image = read_image_file(self.path)
         return self._image[y:y + height, x:x + width]
 
     def info(self) -> dict[str, Any]:

@@ -20,8 +20,9 @@ import cv2
 import numpy as np
 import shapely
 
-from wsi_s2lcm.errors import AnnotationError, ConfigError, SlideError
+from wsi_s2lcm.errors import AnnotationError, ConfigError
 from wsi_s2lcm.qupath.imports import Scribble, read_scribbles
+from wsi_s2lcm.slide import open_slide, read_image_file
 from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST
 from wsi_s2lcm.training.scribbles import IGNORE, rasterize_scribbles, scribble_target
 
@@ -125,29 +126,6 @@ def pair_files(
     return [(stem, images[stem], scribbles[stem]) for stem in wanted]
 
 
-def read_plain_image(path: Path) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF as ``(H, W, 3)`` uint8 RGB."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path, key=0)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as handle:
-                array = np.asarray(handle.convert("RGB"))
-    except Exception as error:  # PIL and tifffile raise many types for bad files
-        raise SlideError(f"{path}: cannot read the image ({error}).") from None
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] < 3:
-        raise SlideError(f"{path}: expected an RGB image, got shape {array.shape}.")
-    if array.dtype != np.uint8:
-        raise SlideError(f"{path}: expected 8-bit RGB, got {array.dtype}; convert it first.")
-    return np.ascontiguousarray(array[..., :3])
-
-
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize an RGB image to ``(height, width)`` (area averaging when shrinking)."""
     if image.shape[:2] == shape:
@@ -194,7 +172,7 @@ def load_pair(
         return _load_slide_regions(stem, image_path, scribble_path, scribbles, image_mpp, config)
     if image_mpp is None:
         raise ConfigError(f"{image_path}: a plain image has no resolution; pass --mpp (µm/px).")
-    image = read_plain_image(image_path)
+    image = read_image_file(image_path)
     scale = config.mpp / image_mpp
     shape = (max(round(image.shape[0] / scale), 1), max(round(image.shape[1] / scale), 1))
     target = scribble_target(
@@ -208,8 +186,6 @@ def _load_slide_regions(
     mpp: float | None, config: object,
 ) -> list[TrainImage]:
     """The regions of a whole slide that hold scribbles, read at the model's mpp."""
-    from wsi_s2lcm.slide import open_slide
-
     slide = open_slide(path, mpp)
     scale = config.mpp / slide.mpp
     width0, height0 = slide.dimensions
