@@ -19,14 +19,8 @@ from skimage.measure import find_contours
 
 from wsi_s2lcm.cli_evaluate import evaluate_command
 from wsi_s2lcm.errors import AnnotationError, UserInputError
-from wsi_s2lcm.evaluation import (
-    COLUMNS,
-    evaluate_dirs,
-    file_stem,
-    format_table,
-    load_pair,
-    read_label_image,
-)
+from wsi_s2lcm.evaluation import COLUMNS, evaluate_dirs, format_table
+from wsi_s2lcm.label_files import file_stem, load_pair, read_label_image
 from wsi_s2lcm.metrics import METRIC_NAMES
 
 STEMS = ("TCGA-18-5592-01Z-00-DX1", "TCGA-HE-7130-01Z-00-DX1")

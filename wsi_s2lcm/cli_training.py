@@ -42,7 +42,7 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff")
 def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, ratio: float,
                       seed: int, overwrite: bool) -> None:
     """Generate scribbles from instance masks (the Scribble2Label recipe), as QuPath GeoJSON."""
-    from wsi_s2lcm.evaluation import read_label_image
+    from wsi_s2lcm.label_files import read_label_image
     from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 
     masks = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)

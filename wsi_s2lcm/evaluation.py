@@ -1,37 +1,25 @@
 """Evaluate a folder of predictions against a folder of ground truth, paired by file stem.
 
-Either side may hold label images (PNG or TIFF, any integer dtype, 0 = background) or GeoJSON
-(a QuPath FeatureCollection or an array of Features, optionally gzipped) in the image's pixel frame.
-A file's stem is its name up to the first dot, so ``slide.geojson``, ``slide.geojson.gz`` and
-``slide.png`` pair. GeoJSON polygons are rasterized into the shape of the other side's label image;
-when both sides are GeoJSON the shape comes from ``shape``, from an image of the same stem in
-``image_dir``, or from the union of the polygons' bounds.
+The files are read by :mod:`wsi_s2lcm.label_files` (label images or GeoJSON on either side); the
+metrics come from :mod:`wsi_s2lcm.metrics`.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from wsi_s2lcm.errors import AnnotationError, UserInputError
+from wsi_s2lcm.errors import UserInputError
+from wsi_s2lcm.label_files import find_image, index_label_files, load_pair, note
 from wsi_s2lcm.metrics import COUNT_NAMES, METRIC_NAMES, evaluate_pair
 
 logger = logging.getLogger(__name__)
 
-#: Of several files with one stem, the first suffix here wins (after the fewest dotted parts).
-SUFFIX_PREFERENCE = (".geojson", ".geojson.gz", ".png", ".tif", ".tiff", ".json", ".json.gz")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 COLUMNS = ("image",) + METRIC_NAMES + COUNT_NAMES
-MAX_RASTER_PIXELS = 400_000_000
 
 
 @dataclass(frozen=True)
@@ -58,328 +46,6 @@ class EvaluationResult:
     def format_table(self, digits: int = 4) -> str:
         """The rows and the mean as a fixed-width text table."""
         return format_table(self.rows + [self.mean], digits=digits)
-
-
-@dataclass
-class _Source:
-    path: Path
-    labels: np.ndarray | None = None
-    polygons: list | None = None
-
-    @property
-    def is_geojson(self) -> bool:
-        return self.polygons is not None
-
-
-def _note(notes: list[str], message: str) -> None:
-    notes.append(message)
-    logger.warning(message)
-
-
-def file_stem(path: Path) -> str:
-    """A file's name up to its first dot: the key that pairs predictions with ground truth."""
-    return path.name.split(".", 1)[0]
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(GEOJSON_SUFFIXES):
-        return "geojson"
-    if name.endswith(IMAGE_SUFFIXES):
-        return "image"
-    return None
-
-
-def _index_dir(directory: Path, role: str, notes: list[str]) -> dict[str, Path]:
-    """Label image and GeoJSON files by stem; of several, the one with the fewest dotted parts,
-    then by suffix preference (:data:`SUFFIX_PREFERENCE`).
-
-    So ``slide.geojson`` is taken over the run summary ``slide.json`` and the overlay
-    ``slide.overlay.png`` that ``wsi-s2lcm segment`` writes beside it; every choice is noted.
-    """
-    if not directory.is_dir():
-        raise UserInputError(
-            f"{role} directory {directory} does not exist or is not a directory; "
-            "pass a folder of label images or GeoJSON files"
-        )
-    by_stem: dict[str, list[Path]] = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and _kind(path) is not None:
-            by_stem.setdefault(file_stem(path), []).append(path)
-    found: dict[str, Path] = {}
-    for stem, paths in by_stem.items():
-        paths.sort(key=lambda path: (path.name.count("."), _suffix_rank(path), path.name))
-        if len(paths) > 1:
-            ignored = ", ".join(path.name for path in paths[1:])
-            _note(notes, f"{role} {paths[0].name} used; {ignored} ignored")
-        found[stem] = paths[0]
-    return found
-
-
-def _suffix_rank(path: Path) -> int:
-    name = path.name.lower()
-    for rank, suffix in enumerate(SUFFIX_PREFERENCE):
-        if name.endswith(suffix):
-            return rank
-    return len(SUFFIX_PREFERENCE)
-
-
-def read_label_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """Read a label image; label its connected components when it is a binary mask.
-
-    Parameters
-    ----------
-    path
-        PNG or TIFF file, 2-D, any integer (or boolean) dtype, 0 = background. An RGB(A) file whose
-        channels are equal is read as one channel.
-
-    Returns
-    -------
-    labels : np.ndarray
-        The label image.
-    warning : str or None
-        A message when the file was a binary mask with several components that were labelled
-        (8-connectivity) to give instances; None otherwise.
-
-    Raises
-    ------
-    AnnotationError
-        If the file cannot be read or is not a label image.
-    """
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                array = np.asarray(image)
-    except (OSError, ValueError) as error:
-        raise AnnotationError(f"cannot read label image {path}: {error}") from error
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        first = array[..., :1]
-        if not np.array_equal(array[..., :3], np.broadcast_to(first, array[..., :3].shape)):
-            raise AnnotationError(
-                f"{path} is a colour image, not a label image; "
-                "save labels as a single-channel integer PNG or TIFF"
-            )
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise AnnotationError(f"{path} has shape {array.shape}; a label image must be 2-D")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise AnnotationError(
-                f"{path} holds non-integer values ({array.dtype}); a label image holds object ids"
-            )
-        array = array.astype(np.int64)
-    if array.size and array.min() < 0:
-        raise AnnotationError(f"{path} holds negative values; use 0 for background, ids > 0")
-    values = np.unique(array)
-    if values.size == 2 and values[0] == 0:
-        labels, n_objects = ndimage.label(array > 0, structure=np.ones((3, 3), dtype=bool))
-        if n_objects > 1:
-            message = (
-                f"{path.name} is a binary mask; its {n_objects} connected components (8-connected) "
-                "were taken as the instances, so touching nuclei count as one"
-            )
-            return labels.astype(np.uint32), message
-    return array, None
-
-
-def read_geojson_polygons(path: Path) -> tuple[list, str | None]:
-    """Read the (Multi)Polygons of a GeoJSON file, in file order.
-
-    Accepts a FeatureCollection, an array of Features, or one Feature; ``.gz`` files are
-    decompressed. For QuPath cell objects the ``nucleusGeometry`` is used when present. When the
-    file mixes annotations with detections or cells, only the detections and cells are kept.
-
-    Parameters
-    ----------
-    path
-        The GeoJSON file.
-
-    Returns
-    -------
-    polygons : list
-        Shapely Polygons and MultiPolygons.
-    warning : str or None
-        A message when features were skipped.
-
-    Raises
-    ------
-    AnnotationError
-        If the file cannot be read or parsed.
-    """
-    from shapely.geometry import shape as to_shape
-
-    try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as stream:
-            document = json.load(stream)
-    except (OSError, ValueError, EOFError) as error:
-        raise AnnotationError(f"cannot read GeoJSON {path}: {error}") from error
-    if isinstance(document, dict) and document.get("type") == "FeatureCollection":
-        features = document.get("features") or []
-    elif isinstance(document, dict) and document.get("type") == "Feature":
-        features = [document]
-    elif isinstance(document, list):
-        features = document
-    else:
-        raise AnnotationError(f"{path} is not a GeoJSON FeatureCollection or an array of Features")
-    features = [feature for feature in features if isinstance(feature, dict)]
-    kinds = [_object_type(feature) for feature in features]
-    skipped = 0
-    if "annotation" in kinds and any(kind in ("detection", "cell") for kind in kinds):
-        skipped = kinds.count("annotation")
-        features = [f for f, kind in zip(features, kinds) if kind != "annotation"]
-    polygons = []
-    for feature in features:
-        geometry = feature.get("nucleusGeometry") or feature.get("geometry")
-        kind = geometry.get("type") if isinstance(geometry, dict) else None
-        if kind not in ("Polygon", "MultiPolygon"):
-            skipped += 1
-            continue
-        try:
-            polygons.append(to_shape(geometry))
-        except (ValueError, TypeError, AttributeError, IndexError) as error:
-            raise AnnotationError(f"{path} holds an invalid {kind}: {error}") from error
-    message = None
-    if skipped:
-        message = (
-            f"{path.name}: {skipped} feature(s) that are annotations or not (Multi)Polygons "
-            "were skipped"
-        )
-    return polygons, message
-
-
-def _object_type(feature: dict) -> str | None:
-    properties = feature.get("properties") or {}
-    kind = properties.get("objectType", properties.get("object_type"))
-    return str(kind).lower() if kind is not None else None
-
-
-def _image_shape(path: Path) -> tuple[int, int]:
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tiff:
-                shape = tiff.pages[0].shape
-            return int(shape[0]), int(shape[1])
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return int(image.height), int(image.width)
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"cannot read the size of image {path}: {error}") from error
-
-
-def _find_image(image_dir: Path, stem: str) -> Path | None:
-    for path in sorted(image_dir.iterdir()):
-        if path.is_file() and file_stem(path) == stem and _kind(path) == "image":
-            return path
-    return None
-
-
-def _union_frame(sources: list[_Source]) -> tuple[tuple[int, int], tuple[float, float]]:
-    """Shape and top-left offset (x, y) of a raster covering every polygon, on the pixel grid."""
-    bounds = np.array([p.bounds for s in sources for p in s.polygons if not p.is_empty])
-    if bounds.size == 0:
-        return (1, 1), (0.0, 0.0)
-    x0, y0 = math.floor(bounds[:, 0].min()), math.floor(bounds[:, 1].min())
-    x1, y1 = math.ceil(bounds[:, 2].max()), math.ceil(bounds[:, 3].max())
-    return (max(y1 - y0, 1), max(x1 - x0, 1)), (float(x0), float(y0))
-
-
-def _rasterize(
-    source: _Source, shape: tuple[int, int], offset_xy: tuple[float, float]
-) -> np.ndarray:
-    from wsi_s2lcm.rasterize import rasterize_polygons
-
-    if shape[0] * shape[1] > MAX_RASTER_PIXELS:
-        raise UserInputError(
-            f"{source.path} spans {shape[1]} x {shape[0]} px, too large to rasterize for "
-            "evaluation; evaluate crops or pass a shape"
-        )
-    return rasterize_polygons(source.polygons, shape, offset_xy=offset_xy)
-
-
-def _load(path: Path, notes: list[str]) -> _Source:
-    if _kind(path) == "geojson":
-        polygons, message = read_geojson_polygons(path)
-        source = _Source(path, polygons=polygons)
-    else:
-        labels, message = read_label_image(path)
-        source = _Source(path, labels=labels)
-    if message:
-        _note(notes, message)
-    return source
-
-
-def load_pair(
-    pred_path: Path,
-    gt_path: Path,
-    shape: tuple[int, int] | None = None,
-    image_path: Path | None = None,
-    notes: list[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read a prediction and its ground truth as two label images of one shape.
-
-    Parameters
-    ----------
-    pred_path, gt_path
-        Label image or GeoJSON files.
-    shape
-        ``(height, width)`` for a GeoJSON-vs-GeoJSON pair; also checked against label images.
-    image_path
-        An image whose size gives the shape of a GeoJSON-vs-GeoJSON pair when ``shape`` is None.
-    notes
-        A list that receives warnings about the inputs.
-
-    Returns
-    -------
-    tuple of np.ndarray
-        ``(pred_labels, gt_labels)``.
-
-    Raises
-    ------
-    AnnotationError
-        If a file cannot be read or the two sides differ in shape.
-    """
-    notes = notes if notes is not None else []
-    pred, gt = _load(Path(pred_path), notes), _load(Path(gt_path), notes)
-    offset_xy = (0.0, 0.0)
-    label_shapes = [s.labels.shape for s in (pred, gt) if not s.is_geojson]
-    if len(label_shapes) == 2 and label_shapes[0] != label_shapes[1]:
-        raise AnnotationError(
-            f"prediction {pred.path} is {_hw(label_shapes[0])} but ground truth {gt.path} is "
-            f"{_hw(label_shapes[1])}; both must cover the same pixels"
-        )
-    if shape is not None:
-        target = (int(shape[0]), int(shape[1]))
-        for source in (pred, gt):
-            if not source.is_geojson and source.labels.shape != target:
-                raise AnnotationError(
-                    f"{source.path} is {_hw(source.labels.shape)}, not the given {_hw(target)}"
-                )
-    elif label_shapes:
-        target = label_shapes[0]
-    elif image_path is not None:
-        target = _image_shape(image_path)
-    else:
-        target, offset_xy = _union_frame([pred, gt])
-    return tuple(  # type: ignore[return-value]
-        _rasterize(s, target, offset_xy) if s.is_geojson else s.labels for s in (pred, gt)
-    )
-
-
-def _hw(shape: tuple[int, ...]) -> str:
-    return f"{shape[0]} x {shape[1]} px (height x width)"
 
 
 def evaluate_dirs(
@@ -417,8 +83,8 @@ def evaluate_dirs(
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     notes: list[str] = []
-    predictions = _index_dir(pred_dir, "prediction", notes)
-    truths = _index_dir(gt_dir, "ground-truth", notes)
+    predictions = index_label_files(pred_dir, "prediction", notes)
+    truths = index_label_files(gt_dir, "ground-truth", notes)
     stems = sorted(set(predictions) & set(truths))
     if not stems:
         raise UserInputError(
@@ -432,10 +98,10 @@ def evaluate_dirs(
     ):
         if unpaired:
             names = ", ".join(sorted(unpaired)[:5])
-            _note(notes, f"{len(unpaired)} {role} file(s) without a partner were skipped: {names}")
+            note(notes, f"{len(unpaired)} {role} file(s) without a partner were skipped: {names}")
     rows = []
     for stem in stems:
-        image_path = _find_image(Path(image_dir), stem) if image_dir is not None else None
+        image_path = find_image(Path(image_dir), stem) if image_dir is not None else None
         pred_labels, gt_labels = load_pair(
             predictions[stem], truths[stem], shape, image_path, notes
         )
