@@ -62,9 +62,11 @@ STAGE_FILE = "stage.json"
 RESULT_FILE = "result.json"
 SUPERVISIONS = ("scribbles", "full", "evaluation")
 METRICS = ("dice", "iou", "aji", "pq", "dq", "sq", "object_dice")
+LAST_METRICS = ("dice", "aji", "pq", "object_dice")
+"""Metrics also reported for the model of the second stage's last epoch (``last_*`` columns)."""
 COLUMNS = ("row", "label", "supervision", "ratio", "model_row", "separate") + METRICS + (
     "n_images", "best_epoch", "warmup_train_s", "stage2_train_s", "train_s", "segment_s", "device",
-    "quick")
+    "quick") + tuple(f"last_{k}" for k in LAST_METRICS) + ("last_epoch",)
 ANCHORS = (("Scribble2Label: pCE only", 0.6319, 0.5766),
            ("Scribble2Label (scribbles)", 0.6408, 0.5811),
            ("Scribble2Label: fully supervised", 0.7014, 0.6677))
@@ -399,6 +401,11 @@ def run_row(table: Table, data: TableData, row: Row, out: Path, device: str, qui
     postprocess = PostprocessConfig(**{**read_card(model_dir).postprocess, **row.postprocess})
     (out / row.name).mkdir(parents=True, exist_ok=True)
     figures = evaluate_model(model_dir, data, out / row.name, postprocess, device)
+    last = None
+    if row.model_row == row.name:
+        last_figures = evaluate_model(model_dir / LAST_DIR, data, out / row.name / LAST_DIR,
+                                      postprocess, device)
+        last = {**last_figures["mean"], "epoch": read_card(model_dir / LAST_DIR).training["epoch"]}
     warm_s, second_s = stages["warmup"]["train_seconds"], stages["s2lcm"]["train_seconds"]
     result = {
         "row": row.name, "label": row.label, "supervision": row.supervision, "ratio": row.ratio,
@@ -407,6 +414,7 @@ def run_row(table: Table, data: TableData, row: Row, out: Path, device: str, qui
         "warmup_train_s": warm_s, "stage2_train_s": second_s,
         "train_s": round(warm_s + second_s, 1), "segment_s": figures["segment_s"],
         "device": device, "quick": quick, "postprocess": dataclasses.asdict(postprocess),
+        "last": last,
         "per_image": figures["per_image"], "stages": stages, "hardware": hardware(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -426,7 +434,8 @@ def write_csv(results: Sequence[dict], path: Path) -> Path:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for result in results:
-            writer.writerow({k: _cell(result.get(k), 6) for k in COLUMNS})
+            last = {f"last_{k}": v for k, v in (result.get("last") or {}).items()}
+            writer.writerow({k: _cell({**result, **last}.get(k), 6) for k in COLUMNS})
     return path
 
 
@@ -455,6 +464,16 @@ def format_markdown(table: Table, results: Sequence[dict]) -> str:
               "epoch of the second stage (0 = the warm-up model was never bettered on the "
               "held-out scribbles).", ""]
     lines += check_lines(table, by_row)
+    lines += ["", "The models of the second stage's last epoch (not selected: what each component "
+              "did to the model by the end of the stage, whatever the held-out scribbles said):",
+              "", "| row | epoch | Dice | AJI | PQ | obj. Dice |", "|---|---|---|---|---|---|"]
+    last_rows = {name: r["last"] for name, r in by_row.items() if r.get("last")}
+    for row in table.rows:
+        if row.name in last_rows:
+            last = last_rows[row.name]
+            lines.append(f"| {row.name} | {last['epoch']} | "
+                         + " | ".join(_cell(last[k], 4) for k in LAST_METRICS) + " |")
+    lines += check_lines(table, last_rows, targets=False)
     machines = sorted({_machine(r) for r in results})
     lines += ["", f"Hardware: {'; '.join(machines) or 'none yet'}. train = warm-up + second stage "
               "(epochs and EMA updates; a warm-up shared by rows is counted in each); segment = "
@@ -464,10 +483,11 @@ def format_markdown(table: Table, results: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_lines(table: Table, by_row: dict) -> list[str]:
-    """The targets of the default recipe and the component checks, as Markdown list lines."""
+def check_lines(table: Table, by_row: dict, targets: bool = True) -> list[str]:
+    """The targets of the default recipe (when ``targets``) and the component checks, as Markdown
+    list lines; ``by_row`` maps row names to their figures."""
     lines, default = [], by_row.get(DEFAULT_ROW)
-    for key, target in TARGETS.items():
+    for key, target in TARGETS.items() if targets else ():
         verdict = ("not yet measured" if default is None else
                    f"{default[key]:.4f}, " + ("met" if default[key] >= target else "NOT met"))
         lines.append(f"- target {key} >= {target:.2f} ({DEFAULT_ROW}): {verdict}")

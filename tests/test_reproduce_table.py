@@ -128,20 +128,24 @@ def test_dense_target_keeps_the_nucleus_area(table_module):
 
 
 def test_markdown_flags_a_component_that_makes_things_worse(table_module, table):
-    def result(name, value):
-        return {"row": name, "train_s": 60.0, "segment_s": 1.0, "quick": False,
-                **{k: value for k in table_module.METRICS}}
+    def result(name, value, last=None):
+        figures = {k: value for k in table_module.METRICS}
+        return {"row": name, "train_s": 60.0, "segment_s": 1.0, "quick": False, **figures,
+                "last": None if last is None else {**figures, "dice": last, "epoch": 30}}
 
-    results = [result("pce-only", 0.5), result("ema", 0.6), result("mcr", 0.55),
-               result("s2lcm", 0.85)]
+    results = [result("pce-only", 0.5, last=0.5), result("ema", 0.6, last=0.4),
+               result("mcr", 0.55), result("s2lcm", 0.85)]
     text = table_module.format_markdown(table, results)
     assert "mcr vs ema: dice -0.0500" in text and "WORSE on dice, aji, pq" in text
     assert "s2lcm vs mcr: dice +0.3000" in text and "no worse" in text
     assert "target dice >= 0.80 (s2lcm): 0.8500, met" in text
     assert "target aji >= 0.60 (s2lcm): 0.8500, met" in text
-    assert text.count("not yet measured") == 5  # 5 rows without results
+    selected, last = text.split("The models of the second stage")
+    assert selected.count("not yet measured") == 5  # 5 rows without results
+    assert "ema vs pce-only: dice -0.1000, aji +0.1000" in last and "WORSE on dice" in last
+    assert "| ema | 30 | 0.4000 | 0.6000 |" in last and "target" not in last
     assert "SMOKE RUN" not in text
-    widths = {line.count("|") for line in text.splitlines() if line.startswith("|")}
+    widths = {line.count("|") for line in selected.splitlines() if line.startswith("|")}
     assert widths == {14}  # 13 columns in every line, the paper anchors included
 
 
@@ -170,11 +174,14 @@ def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys)
             assert 0.0 <= float(row[key]) < (1e4 if key.endswith("_s") else 1.0 + 1e-9), key
         assert int(row["n_images"]) == 1 and row["quick"] == "True"
     assert [r["separate"] for r in rows] == ["True", "False"]
+    assert 0.0 <= float(rows[0]["last_aji"]) <= 1.0 and rows[0]["last_epoch"] == "1"
+    assert rows[1]["last_aji"] == ""  # an evaluation row has no training of its own
     assert float(rows[0]["train_s"]) > 0
     printed = capsys.readouterr().out
     assert printed == (out / "results.md").read_text(encoding="utf-8")
     assert "| pce-only | pCE only | 0.50 | " in printed and "0.6408" in printed
     assert "0.7014" in printed and "SMOKE RUN" in printed
+    assert "| pce-only | 1 | " in printed  # the last-epoch table
     for folder in ("scribbles-r0.5-s0", "warmup-r0.5", "pce-only", "s2lcm"):
         assert (out / folder).is_dir(), folder
     assert (out / "scribbles-r0.5-s0" / "scribbles.json").is_file()
