@@ -13,10 +13,10 @@
 #                                     train_state/, train_log.jsonl, curves.png
 # Usage (from the project root):   bash pipelines/train_default_model.sh
 # Resume an interrupted stage 2:   RESUME=1 bash pipelines/train_default_model.sh
-# About 35 min on 2 CPU cores: stage 1 about 17 s per epoch (12 steps of 8 crops of 256 px,
-# 1.4 s/step), stage 2 about 25 s per epoch (2.0 s/step). The shipped model came from this
-# script's run of 2026-11-30 (stage 2 was planned for 80 epochs and stopped after 35 for time;
-# nothing depends on the planned total, and epoch 5 was selected, so it is set to 35 here).
+# About 85 min on 2 CPU cores: stage 1 about 21 s per epoch (12 steps of 8 crops of 256 px,
+# 1.7 s/step; 4,133 s of training), stage 2 about 34 s per epoch (2.8 s/step; 1,017 s). The
+# shipped model came from this script's run of 2026-11-30 (02:07-03:31 UTC); stage 2 never
+# bettered the warm-up model on the held-out scribbles, so the selected weights are stage 1's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
