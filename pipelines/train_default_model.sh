@@ -65,7 +65,7 @@ fi
 # Stage 2: 30 epochs (cosine learning rates) of L_s + 0.5 L_p + 0.5 R_full + 1 R_quarter + 1 L_pMIL from the stage-1
 # model (EMA maps start from its predictions; the stage-1 model is scored as epoch 0, so the
 # selected model is never worse on the held-out scribbles than the start). [inferred] changes,
-# each after a run that oscillated (kept in runs/default-model-attempt{1,2,3}): learning rates
+# each after a run that oscillated (logs on the first machine only: runs/v1/default-model-attempt{1,2,3}): learning rates
 # 10x lower than stage 1 (fine-tuning), R_quarter weight 1 instead of METHOD's 10 (it dominated
 # the loss), and MCR labels only where the prediction is confident (beta_1 = 0.8, not 0.5).
 printf '%s\nepochs: 30\nwarmup_epochs: 0\nlr_schedule: cosine\nramp_epochs: 10\nema_start: 0\nuse_pseudo: true\nuse_mcr: true\nmcr_quarter_weight: 1.0\nmcr_threshold: 0.8\nuse_mil: true\ninit_model: %s\n' \
