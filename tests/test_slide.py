@@ -22,6 +22,7 @@ from wsi_s2lcm.slide import (
     TiaSlide,
     check_readable,
     open_slide,
+    read_image_file,
 )
 
 CMU = "CMU-1-Small-Region.svs"
@@ -218,3 +219,17 @@ def test_file_slides_pickle_by_path(slides_dir: Path) -> None:
         assert clone.mpp == 0.3 and clone.dimensions == slide.dimensions
         np.testing.assert_array_equal(clone.read(10, 10, 40, 40, 0.6), slide.read(10, 10, 40, 40, 0.6))
         clone.close()
+
+
+def test_plain_image_file_decodes_to_rgb_and_refuses_16_bit(tmp_path: Path) -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    rgb = read_image_file(tmp_path / "gray.png")
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], gray) and np.array_equal(rgb[..., 2], gray)
+    tifffile.imwrite(tmp_path / "deep.tif", gray.astype(np.uint16) * 250)
+    with pytest.raises(SlideError, match=r"^deep.tif: I;16 pixels .*convert the image to 8-bit"):
+        read_image_file(tmp_path / "deep.tif")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(SlideError, match="text.png: not a readable image"):
+        read_image_file(tmp_path / "text.png")

@@ -238,14 +238,19 @@ def read_image_file(path: str | Path) -> np.ndarray:
     Raises
     ------
     SlideError
-        When the file cannot be decoded as an image.
+        When the file cannot be decoded as an image, or holds 16-bit or float pixels.
     """
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode.startswith(("I", "F")):
+                raise SlideError(f"{Path(path).name}: {image.mode} pixels (16-bit or float); "
+                                 "convert the image to 8-bit RGB first")
             if image.mode not in ("RGB", "RGBA", "L", "LA"):
                 image = image.convert("RGBA")
             return to_rgb(np.asarray(image))
+    except SlideError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise SlideError(f"{Path(path).name}: not a readable image ({exc}); give an image "
                          "file") from exc
