@@ -41,11 +41,11 @@ import cv2
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.errors import ConfigError, S2LCMError
 from wsi_s2lcm.evaluation import evaluate_dirs
+from wsi_s2lcm.label_files import find_image, read_label_image
 from wsi_s2lcm.models import read_card
 from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST, TrainConfig, load_train_config
@@ -201,15 +201,14 @@ class TableData:
 
     def image_path(self, stem: str) -> Path:
         """The image file of a stem."""
-        for path in sorted(self.images_dir.glob(f"{stem}.*")):
-            if path.suffix.lower() in (".tif", ".tiff", ".png"):
-                return path
-        raise ConfigError(f"{self.images_dir}: no image named {stem}.*; check --data.")
+        path = find_image(self.images_dir, stem)
+        if path is None:
+            raise ConfigError(f"{self.images_dir}: no image named {stem}.*; check --data.")
+        return path
 
     def read_labels(self, stem: str) -> np.ndarray:
         """The instance label image of a stem."""
-        with Image.open(self.labels_dir / f"{stem}.png") as image:
-            return np.array(image)
+        return read_label_image(self.labels_dir / f"{stem}.png")[0]
 
     def scribbles(self, ratio: float) -> Path:
         """The folder of generated scribbles at ``ratio`` (made for missing stems only)."""

@@ -68,15 +68,15 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
 
 
 def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
-    from wsi_s2lcm.slide import read_image_file
+    from wsi_s2lcm.label_files import image_shape
     from wsi_s2lcm.training.dataset import IMAGE_SUFFIXES
 
     found = [p for p in images_dir.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
         raise ConfigError(f"{images_dir}: no image named {stem}.* for its label image.")
-    image_shape = read_image_file(found[0]).shape[:2]
-    if image_shape != tuple(shape):
-        raise ConfigError(f"{found[0]}: size {image_shape} differs from its label image's {shape}.")
+    size = image_shape(found[0])
+    if size != tuple(shape):
+        raise ConfigError(f"{found[0]}: size {size} differs from its label image's {shape}.")
 
 
 @click.command("train")

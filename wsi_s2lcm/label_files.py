@@ -236,7 +236,14 @@ def _object_type(feature: dict) -> str | None:
     return str(kind).lower() if kind is not None else None
 
 
-def _image_shape(path: Path) -> tuple[int, int]:
+def image_shape(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of a PNG, TIFF or JPEG file, read from its header (no decoding).
+
+    Raises
+    ------
+    UserInputError
+        When the file's size cannot be read.
+    """
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -344,7 +351,7 @@ def load_pair(
     elif label_shapes:
         target = label_shapes[0]
     elif image_path is not None:
-        target = _image_shape(image_path)
+        target = image_shape(image_path)
     else:
         target, offset_xy = _union_frame([pred, gt])
     return tuple(  # type: ignore[return-value]

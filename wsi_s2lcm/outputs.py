@@ -171,6 +171,7 @@ class RunOutputs:
         return kept.tolist()
 
     def finish(self) -> None:
+        """Rename every output into place (the scratch label store is removed)."""
         self._geojson.close()
         if self.export.labels:
             self._store.finalize()
@@ -180,5 +181,6 @@ class RunOutputs:
             self._overlay.save(self.paths.overlay)
 
     def abort(self) -> None:
+        """Remove every partial output."""
         self._geojson.abort()
         self._store.abort()

@@ -66,7 +66,6 @@ class TissueMask:
             return False
         return bool(self.mask[r0:r1, c0:c1].any())
 
-
     def contains(self, x_level0: float, y_level0: float) -> bool:
         """Return True if the level-0 point lies on a tissue pixel of the mask."""
         col = math.floor(x_level0 / self.downsample)
