@@ -110,7 +110,7 @@ def test_tiled_equals_untiled_with_the_real_network(tmp_path, monuseg_dir):
 
     model = load_model()
     predictor = TorchPredictor(model, device="cpu")
-    margin = tiling.margin  # the same network phase and white border as the tiles
+    margin = tiling.margin  # the same network phase and mirrored border as the tiles
     with open_slide(image, mpp=0.25) as slide:
         rgb = slide.read(-margin, -margin, 500 + 2 * margin, 500 + 2 * margin, 0.5)
     probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, 500, 500)

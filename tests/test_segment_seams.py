@@ -35,7 +35,7 @@ def untiled(monuseg_dir):
     predictor = DarknessPredictor()
     post = PostprocessConfig()
     slide = open_slide(monuseg_dir / "images" / f"{IMAGE}.tif", mpp=0.25)
-    # One pass over the whole image, with the reader's convention that outside is white glass.
+    # One pass over the whole image, with the reader's convention outside the image (mirrored).
     pad = 32
     rgb = slide.read(-pad, -pad, 500 + 2 * pad, 500 + 2 * pad, 0.5)
     probability = outside_to_background(predictor(rgb[None])[0], -pad, -pad, 500, 500)

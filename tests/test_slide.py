@@ -21,6 +21,7 @@ from wsi_s2lcm.slide import (
     Slide,
     TiaSlide,
     check_readable,
+    mirror_indices,
     open_slide,
     read_image_file,
 )
@@ -56,15 +57,27 @@ def test_read_at_double_mpp_matches_box_downsample(cmu, slides_dir: Path) -> Non
     assert np.abs(got - expected).max() <= 1.0
 
 
-def test_read_beyond_edges_is_white(cmu, slides_dir: Path) -> None:
+def test_mirror_indices_follow_numpy_symmetric_padding() -> None:
+    axis = np.arange(5)
+    expected = np.pad(axis, (12, 13), mode="symmetric")
+    np.testing.assert_array_equal(mirror_indices(-12, 5 + 13, 5), expected)
+    np.testing.assert_array_equal(mirror_indices(0, 5, 5), axis)
+
+
+def test_read_beyond_edges_mirrors_the_slide(cmu, slides_dir: Path) -> None:
     width, height = cmu.dimensions
+    inside = osr_rgb(slides_dir / CMU, width - 50, height - 40, 50, 40)
     region = cmu.read(width - 50, height - 40, 100, 80, cmu.mpp)
-    np.testing.assert_array_equal(region[:40, :50], osr_rgb(slides_dir / CMU, width - 50, height - 40, 50, 40))
-    assert (region[40:] == 255).all() and (region[:, 50:] == 255).all()
+    np.testing.assert_array_equal(region[:40, :50], inside)
+    np.testing.assert_array_equal(region[40:, :50], inside[::-1])
+    np.testing.assert_array_equal(region[:40, 50:], inside[:, ::-1])
     corner = cmu.read(-30, -20, 60, 40, cmu.mpp)
-    assert (corner[:20] == 255).all() and (corner[:, :30] == 255).all()
-    assert (cmu.read(10_000, 10_000, 16, 16, cmu.mpp) == 255).all()
-    assert (cmu.read(-5000, 0, 16, 16, 4 * cmu.mpp) == 255).all()
+    np.testing.assert_array_equal(corner[:20, :30], corner[20:, 30:][::-1, ::-1])
+    # Each outside pixel has one value, whichever region it is read with (tiles agree).
+    big = cmu.read(-64, -64, 256, 256, 2 * cmu.mpp)
+    small = cmu.read(-40, -30, 50, 60, 2 * cmu.mpp)
+    np.testing.assert_array_equal(big[34:94, 24:74], small)
+    assert cmu.read(10_000, 10_000, 16, 16, cmu.mpp).shape == (16, 16, 3)
 
 
 def test_cmu_info_and_thumbnail(cmu) -> None:
@@ -179,6 +192,7 @@ def test_array_slide_composites_transparency_on_white() -> None:
     rgba[:2, :, 3] = 255
     out = ArraySlide(rgba, mpp=1.0).read(0, 0, 4, 4, 1.0)
     assert (out[:2] == [200, 0, 0]).all() and (out[2:] == 255).all()
+    assert (ArraySlide(rgba, mpp=1.0).read(0, 2, 4, 4, 1.0)[2:] == 255).all()  # mirrored white
     gray = ArraySlide(np.full((3, 3), 7, np.uint8), mpp=1.0).read(0, 0, 3, 3, 1.0)
     assert (gray == 7).all()
 
@@ -193,7 +207,7 @@ def test_ome_tiff_through_tiatoolbox(tmp_path: Path) -> None:
         assert isinstance(slide, TiaSlide)
         assert slide.dimensions == (260, 300) and slide.mpp == pytest.approx(0.25)
         np.testing.assert_array_equal(slide.read(20, 30, 100, 80, 0.25), image[30:110, 20:120])
-        assert (slide.read(250, 290, 20, 20, 0.25)[10:] == 255).all()
+        np.testing.assert_array_equal(slide.read(250, 290, 20, 20, 0.25)[10:, :10], image[299:289:-1, 250:260])
 
 
 def test_generated_pyramid_opens_with_mpp(tmp_path: Path, slides_dir: Path) -> None:

@@ -144,10 +144,10 @@ class TorchPredictor:
 
 
 def _pad_to_multiple(batch: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad height and width up to a multiple with white (the slide reader's outside colour)."""
+    """Pad height and width up to a multiple by mirroring the batch at its bottom and right edges."""
     height, width = batch.shape[1:3]
     pad_h = -height % multiple
     pad_w = -width % multiple
     if not pad_h and not pad_w:
         return np.ascontiguousarray(batch)
-    return np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+    return np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")

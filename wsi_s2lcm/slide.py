@@ -1,8 +1,10 @@
 """Reading whole-slide images at a requested resolution.
 
 A :class:`Slide` gives the level-0 size in QuPath's frame, the level-0 mpp and ``read(x, y, w, h,
-mpp)``, which returns RGB uint8 at any resolution from the best pyramid level, white outside the
-slide. Implementations: :class:`OpenSlideSlide` (OpenSlide formats), :class:`ImageSlide` (plain
+mpp)``, which returns RGB uint8 at any resolution from the best pyramid level; outside the slide
+it returns the slide mirrored about its edges (:func:`mirror_indices`), so that the network sees
+tissue-like context at an image border, as in training, instead of a white margin it never saw.
+Implementations: :class:`OpenSlideSlide` (OpenSlide formats), :class:`ImageSlide` (plain
 TIFF/PNG/JPEG, decoded once, size-limited), :class:`TiaSlide` (other formats through tiatoolbox) and
 :class:`ArraySlide` (an in-memory array). :func:`open_slide` picks one and validates the input.
 """
@@ -55,6 +57,17 @@ class Slide(Protocol):
         """Release the file."""
 
 
+def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices ``start..stop-1`` of an axis of length ``size``, mirrored about its edges.
+
+    Outside ``[0, size)`` the axis continues as its mirror image (edge pixel repeated, as in
+    ``np.pad(..., mode="symmetric")``), periodically with period ``2 * size``. The result depends
+    only on each index, so every tile that reads a pixel outside the slide gets the same value.
+    """
+    period = np.arange(start, stop, dtype=np.int64) % (2 * size)
+    return np.where(period < size, period, 2 * size - 1 - period)
+
+
 def to_rgb(pixels: np.ndarray) -> np.ndarray:
     """Convert gray, RGB or RGBA uint8 pixels to RGB, compositing transparency on white."""
     pixels = np.asarray(pixels)
@@ -77,7 +90,7 @@ def to_rgb(pixels: np.ndarray) -> np.ndarray:
 
 
 class PyramidSlide:
-    """Shared reading logic: best level, chunked region reads, resampling, white padding.
+    """Shared reading logic: best level, chunked region reads, resampling, mirrored outside the slide.
 
     Subclasses set ``path``, ``dimensions``, ``mpp``, ``level_dimensions``, ``level_downsamples``
     and implement :meth:`_read_level`, which reads a region lying inside a level.
@@ -123,21 +136,25 @@ class PyramidSlide:
             x1, y1 = x0 + width, y0 + height
         ix0, iy0, ix1, iy1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
         level_width, level_height = self.level_dimensions[level]
-        cx0, cy0, cx1, cy1 = max(ix0, 0), max(iy0, 0), min(ix1, level_width), min(iy1, level_height)
-        canvas = np.full((iy1 - iy0, ix1 - ix0, 3), 255, np.uint8)
-        if cx1 > cx0 and cy1 > cy0:
-            try:
-                region = self._read_level(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
-            except SlideError:
-                raise
-            except Exception as exc:  # any reader failure on a bad file becomes a SlideError
-                down = self.level_downsamples[level]
-                raise SlideError(
-                    f"{Path(self.path).name}: reading the region at level-0 x={round(cx0 * down)} "
-                    f"y={round(cy0 * down)} ({cx1 - cx0}x{cy1 - cy0} px of level {level}) failed ({exc}); "
-                    "the file may be truncated or corrupt, copy or export it again"
-                ) from exc
-            canvas[cy0 - iy0:cy1 - iy0, cx0 - ix0:cx1 - ix0] = region
+        columns = mirror_indices(ix0, ix1, level_width)
+        rows = mirror_indices(iy0, iy1, level_height)
+        cx0, cy0 = int(columns.min()), int(rows.min())
+        cx1, cy1 = int(columns.max()) + 1, int(rows.max()) + 1
+        try:
+            region = self._read_level(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        except SlideError:
+            raise
+        except Exception as exc:  # any reader failure on a bad file becomes a SlideError
+            down = self.level_downsamples[level]
+            raise SlideError(
+                f"{Path(self.path).name}: reading the region at level-0 x={round(cx0 * down)} "
+                f"y={round(cy0 * down)} ({cx1 - cx0}x{cy1 - cy0} px of level {level}) failed ({exc}); "
+                "the file may be truncated or corrupt, copy or export it again"
+            ) from exc
+        if cx0 == ix0 and cy0 == iy0 and cx1 == ix1 and cy1 == iy1:
+            canvas = region
+        else:
+            canvas = region[np.ix_(rows - cy0, columns - cx0)]
         if canvas.shape[:2] == (height, width):
             return canvas
         resample = Image.Resampling.BOX if ratio >= 1 else Image.Resampling.BILINEAR

@@ -182,7 +182,7 @@ def own_instances(labels: np.ndarray, tile: Tile, width: int, height: int) -> Ow
 def outside_to_background(
     probability: np.ndarray, x: int, y: int, width: int, height: int
 ) -> np.ndarray:
-    """Zero the probability of pixels outside the slide (the reader pads them with white).
+    """Zero the probability of pixels outside the slide (where the reader mirrors the slide).
 
     Parameters
     ----------

@@ -30,7 +30,7 @@ class Tile:
         Grid position; also the chunk index of its core in the label store.
     x, y : int
         Model-frame origin of the box the network reads (may be negative at the slide's edge,
-        where the reader pads with white).
+        where the reader mirrors the slide).
     size : int
         Side of the box read.
     core : tuple of int
@@ -121,7 +121,7 @@ def open_edges(tile: Tile, width: int, height: int) -> tuple[bool, bool, bool, b
     """Which sides of a tile's box lie inside the image: (left, top, right, bottom).
 
     An object touching an open edge may continue in a neighbouring tile; one touching a closed
-    edge (beyond the image, where the reader pads with white) cannot.
+    edge (beyond the image, where the reader mirrors the slide) cannot.
     """
     x0, y0, x1, y1 = tile.box
     return (x0 > 0, y0 > 0, x1 < width, y1 < height)
