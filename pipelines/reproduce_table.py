@@ -9,7 +9,10 @@ then the row's second stage from the warm-up model. The split is pipelines/monus
 (24 training, 6 validation images); scribbles are generated once per ratio with seed 0 by the
 function ``wsi-s2lcm scribbles`` uses. The validation images are segmented whole and evaluated
 against their full instance labels (pixel Dice, IoU, AJI, PQ/DQ/SQ, S2L object Dice); the models
-themselves are selected on held-out scribbles (dense labels for the fully supervised row).
+themselves are selected on held-out scribbles (dense labels for the fully supervised row), and
+each model's separation of touching nuclei is calibrated on the held-out nucleus scribbles
+(wsi_s2lcm.training.calibrate; models trained before the trainer did this are calibrated when
+first evaluated).
 
 Outputs under ``--out`` (runs/table; runs/table-quick with ``--quick``): ``scribbles-r*-s0/``,
 ``warmup-*/`` and ``<row>/`` model directories (``stage.json`` marks a finished stage),
@@ -48,6 +51,7 @@ from wsi_s2lcm.evaluation import evaluate_dirs
 from wsi_s2lcm.label_files import find_image, read_label_image
 from wsi_s2lcm.models import read_card
 from wsi_s2lcm.segment import segment_slide
+from wsi_s2lcm.training.calibrate import ensure_calibrated
 from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST, TrainConfig, load_train_config
 from wsi_s2lcm.training.dataset import load_pair
 from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
@@ -275,7 +279,10 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
     """
     last = read_card(source / LAST_DIR)
     training = last.training
-    theirs = {k: v for k, v in training["config"].items() if k not in ADOPT_IGNORED}
+    # Values added to TrainConfig after the source was trained take their defaults, which
+    # reproduce the earlier behaviour.
+    theirs = {k: v for k, v in {**TrainConfig().to_dict(), **training["config"]}.items()
+              if k not in ADOPT_IGNORED}
     ours = {k: v for k, v in config.to_dict().items() if k not in ADOPT_IGNORED}
     scribbles = ROOT / training["data"]["scribbles"]
     table_scribbles = data.scribbles(ratio)
@@ -397,13 +404,20 @@ def run_row(table: Table, data: TableData, row: Row, out: Path, device: str, qui
     stages = ensure_model(table, data, table.row(row.model_row), out, device, quick, epochs,
                           adopt)
     model_dir = out / row.model_row
+    model_row = table.row(row.model_row)
+    warm_config = load_train_config(None, stage_values(table, model_row, "warmup", quick, epochs))
+    for directory in (model_dir, model_dir / LAST_DIR):
+        ensure_calibrated(directory, lambda: data.train_images(model_row, warm_config)[1],
+                          warm_config.separation_heights_um, device)
     postprocess = PostprocessConfig(**{**read_card(model_dir).postprocess, **row.postprocess})
     (out / row.name).mkdir(parents=True, exist_ok=True)
     figures = evaluate_model(model_dir, data, out / row.name, postprocess, device)
     last = None
     if row.model_row == row.name:
+        last_post = PostprocessConfig(**{**read_card(model_dir / LAST_DIR).postprocess,
+                                         **row.postprocess})
         last_figures = evaluate_model(model_dir / LAST_DIR, data, out / row.name / LAST_DIR,
-                                      postprocess, device)
+                                      last_post, device)
         last = {**last_figures["mean"], "epoch": read_card(model_dir / LAST_DIR).training["epoch"]}
     warm_s, second_s = stages["warmup"]["train_seconds"], stages["s2lcm"]["train_seconds"]
     result = {

@@ -23,8 +23,11 @@ from pathlib import Path
 
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.evaluation import evaluate_dirs
-from wsi_s2lcm.models import load_model, save_model
+from wsi_s2lcm.models import load_model, read_card, save_model
 from wsi_s2lcm.segment import segment_slide
+from wsi_s2lcm.training.calibrate import ensure_calibrated
+from wsi_s2lcm.training.config import load_train_config
+from wsi_s2lcm.training.dataset import load_pair, pair_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
@@ -59,6 +62,24 @@ def validation_figures(model_dir: Path, out_dir: Path) -> dict:
     }
 
 
+def calibrate_held_out(model_dir: Path) -> None:
+    """Calibrate the separation on the held-out scribbles recorded on the card, if not done yet.
+
+    Models trained before the trainer calibrated them have no record; this runs the same
+    calibration on the held-out images and scribble files that training used.
+    """
+    card = read_card(model_dir)
+    data = card.training["data"]
+    config = load_train_config(None, card.training["config"])
+
+    def images() -> list:
+        pairs = pair_files(ROOT / data["images"], ROOT / data["scribbles"], data["validation"])
+        return [item for stem, image, scribbles in pairs
+                for item in load_pair(stem, image, scribbles, data["image_mpp"], config)]
+
+    ensure_calibrated(model_dir, images, config.separation_heights_um)
+
+
 def main() -> None:
     """Evaluate the trained model and write it into the package."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -66,6 +87,7 @@ def main() -> None:
     parser.add_argument("--name", default="s2lcm-monuseg")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    calibrate_held_out(args.model)
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         figures = validation_figures(args.model, Path(scratch))

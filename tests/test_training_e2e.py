@@ -70,6 +70,11 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     assert card.training["config"]["epochs"] == 3
     assert len(card.metrics["held_out_images"]) == 1
     assert 0.0 <= card.metrics["val_balanced_accuracy"] <= 1.0
+    calibration = card.metrics["separation_calibration"]
+    assert [row["h_um"] for row in calibration["table"]] == list(TrainConfig().separation_heights_um)
+    assert calibration["table"][0]["scribbles"] > 0
+    assert card.postprocess["h_um"] in TrainConfig().separation_heights_um
+    assert card.postprocess["separate"] is True
     image = np.asarray(tifffile.imread(data / "images" / f"{STEMS[0]}.tif"))[:128, :96]
     with torch.inference_mode():
         logits = loaded.network(normalize(image))
@@ -174,6 +179,8 @@ def test_slide_scribbles_are_read_as_regions_around_them(slides_dir, tmp_path):
     assert (second.target[row, int(610 / scale) - 512: int(690 / scale) - 512] == 1).all()
     assert (second.target == 1).sum() <= 2 * 101 and (second.target == 0).sum() == 0
     assert (regions[0].target == 0).sum() == pytest.approx((40 / scale) ** 2, rel=0.1)
+    assert np.array_equal(second.nucleus_ids > 0, second.target == 1)
+    assert not regions[0].nucleus_ids.any()
 
     far = [dict(features[0], geometry={"type": "LineString",
                                        "coordinates": [[9000, 9000], [9100, 9000]]})]

@@ -228,10 +228,15 @@ def save_model(directory: str | Path, card: ModelCard, network: Any, half: bool 
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CARD_FILE).write_text(
-        json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    write_card(directory, card)
     return directory
+
+
+def write_card(directory: str | Path, card: ModelCard) -> Path:
+    """Write (or replace) ``card.json`` in a model directory; returns the file's path."""
+    path = Path(directory) / CARD_FILE
+    path.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def _is_training_only(key: str) -> bool:

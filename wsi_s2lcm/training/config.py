@@ -67,6 +67,11 @@ class TrainConfig:
         Epochs between held-out evaluations and checkpoints. [inferred] 5.
     slide_region_size : int
         Side (px at ``mpp``) of the regions read around scribbles on a whole slide. [inferred]
+    separation_heights_um : tuple of float
+        Candidate h-maxima heights (µm) of the watershed that separates touching nuclei. After
+        training, the height that splits or merges the fewest nucleus scribbles of the held-out
+        images goes on the model card (:mod:`wsi_s2lcm.training.calibrate`). [inferred]; empty:
+        no calibration, the package default is used.
     ema_every : int
         Epochs between EMA updates of the predictions. METHOD 5.
     ema_start : int
@@ -157,6 +162,7 @@ class TrainConfig:
     validation_fraction: float = 0.2
     validate_every: int = 5
     slide_region_size: int = 1024
+    separation_heights_um: tuple = (0.25, 0.35, 0.5, 0.75, 1.0, 1.5)
     ema_every: int = 5
     ema_start: int = 0
     ema_alpha: float = 0.2
@@ -222,6 +228,8 @@ class TrainConfig:
             (0 <= self.validation_fraction < 1, "validation_fraction must lie in [0, 1)"),
             (self.stroke_width_um > 0, "stroke_width_um must be > 0"),
             (self.slide_region_size >= self.crop_size, "slide_region_size must be >= crop_size"),
+            (all(float(h) > 0 for h in self.separation_heights_um),
+             "separation_heights_um must all be > 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -24,7 +24,9 @@ from wsi_s2lcm.errors import AnnotationError, ConfigError
 from wsi_s2lcm.qupath.imports import Scribble, read_scribbles
 from wsi_s2lcm.slide import open_slide, read_image_file
 from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST
-from wsi_s2lcm.training.scribbles import IGNORE, rasterize_scribbles, scribble_target
+from wsi_s2lcm.training.scribbles import (
+    IGNORE, rasterize_nucleus_ids, rasterize_scribbles, scribble_target,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +52,16 @@ class TrainImage:
         ``(H, W, 3)`` uint8 RGB.
     target : np.ndarray
         ``(H, W)`` uint8: 1 nucleus, 0 background, 255 unlabeled.
+    nucleus_ids : np.ndarray or None
+        ``(H, W)`` int32: each nucleus scribble painted with its own id (0 elsewhere), for
+        calibrating the separation of touching nuclei (:mod:`wsi_s2lcm.training.calibrate`).
     """
 
     key: str
     source: str
     image: np.ndarray
     target: np.ndarray
+    nucleus_ids: np.ndarray | None = None
 
 
 def file_stem(path: Path) -> str:
@@ -178,7 +184,8 @@ def load_pair(
     target = scribble_target(
         scribbles, shape, image.shape[0] / shape[0], stroke, str(scribble_path)
     )
-    return [TrainImage(stem, str(image_path), resample(image, shape), target)]
+    ids = rasterize_nucleus_ids(scribbles, shape, image.shape[0] / shape[0], stroke_width=stroke)
+    return [TrainImage(stem, str(image_path), resample(image, shape), target, ids)]
 
 
 def _load_slide_regions(
@@ -210,11 +217,12 @@ def _load_slide_regions(
     regions = []
     for x, y in sorted(origins, key=lambda xy: (xy[1], xy[0])):
         w, h = min(size, width - x), min(size, height - y)
-        target = rasterize_scribbles(inside, (h, w), scale, (x * scale, y * scale),
-                                     config.stroke_width_um / config.mpp)
+        stroke = config.stroke_width_um / config.mpp
+        target = rasterize_scribbles(inside, (h, w), scale, (x * scale, y * scale), stroke)
         if (target != IGNORE).any():
             image = np.asarray(slide.read(x, y, w, h, config.mpp), np.uint8)[..., :3]
-            regions.append(TrainImage(f"{stem}@{x},{y}", str(path), image, target))
+            ids = rasterize_nucleus_ids(inside, (h, w), scale, (x * scale, y * scale), stroke)
+            regions.append(TrainImage(f"{stem}@{x},{y}", str(path), image, target, ids))
     if not regions:
         raise AnnotationError(f"{scribble_path}: no scribble pixel falls inside {path}.")
     logger.info("%s: %d region(s) of %d px around the scribbles", path, len(regions), size)

@@ -34,6 +34,7 @@ from wsi_s2lcm.models import ModelCard, save_model
 from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
 from wsi_s2lcm.training import losses
 from wsi_s2lcm.training.augment import augment_sample
+from wsi_s2lcm.training.calibrate import calibrate_model
 from wsi_s2lcm.training.config import TrainConfig
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import (
@@ -157,6 +158,7 @@ def train_model(
         if checkpoint:
             run["epoch"] = epoch + 1
             _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
+    _calibrate_separation(context, out_dir, val_images)
     return TrainResult(out_dir, run["best_epoch"], run["best_metrics"])
 
 
@@ -357,6 +359,17 @@ def _validate(context, images) -> dict[str, Any]:
     probabilities = [predict_probability(context.network, t.image, context.device, context.amp)
                      for t in images]
     return scribble_metrics(probabilities, [t.target for t in images])
+
+
+def _calibrate_separation(context, out_dir: Path, images) -> None:
+    """Put the separation height chosen on held-out scribbles on the model's and last/ cards."""
+    heights = context.config.separation_heights_um
+    if not heights or not any(t.nucleus_ids is not None and t.nucleus_ids.any() for t in images):
+        logger.info("separation not calibrated (no candidate heights or no held-out nucleus "
+                    "scribbles): the package default is used")
+        return
+    for directory in (out_dir, out_dir / LAST_DIR):
+        calibrate_model(directory, images, heights, context.device, context.amp)
 
 
 def _format_entry(entry: dict[str, Any], epochs: int) -> str:
