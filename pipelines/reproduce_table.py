@@ -258,6 +258,15 @@ ADOPT_IGNORED = ("init_model", "licence")
 """TrainConfig values an adopted stage may differ in: where it started from, the licence text."""
 
 
+def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded TrainConfig with values added to TrainConfig since then at their defaults.
+
+    Each value added later defaults to the earlier behaviour, so a stage trained before it
+    existed still counts as trained with these settings.
+    """
+    return {**TrainConfig().to_dict(), **recorded}
+
+
 def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableData,
                 ratio: float) -> dict[str, Any]:
     """Copy a finished model directory of pipelines/train_default_model.sh in as a stage.
@@ -279,10 +288,7 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
     """
     last = read_card(source / LAST_DIR)
     training = last.training
-    # Values added to TrainConfig after the source was trained take their defaults, which
-    # reproduce the earlier behaviour.
-    theirs = {k: v for k, v in {**TrainConfig().to_dict(), **training["config"]}.items()
-              if k not in ADOPT_IGNORED}
+    theirs = {k: v for k, v in with_defaults(training["config"]).items() if k not in ADOPT_IGNORED}
     ours = {k: v for k, v in config.to_dict().items() if k not in ADOPT_IGNORED}
     scribbles = ROOT / training["data"]["scribbles"]
     table_scribbles = data.scribbles(ratio)
@@ -328,7 +334,7 @@ def train_stage(out_dir: Path, config: TrainConfig, images: Callable[[], tuple[l
     marker = out_dir / STAGE_FILE
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
-        if done["config"] != config.to_dict():
+        if with_defaults(done["config"]) != config.to_dict():
             raise ConfigError(f"{out_dir}: trained with other settings; delete it or pass --out.")
         return done
     if adopt is not None and not out_dir.exists():
