@@ -210,6 +210,8 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
     assert table_module.main(base + ["--out", str(refused), "--adopt-default", str(runs)]) == 2
     assert not (refused / "warmup-r0.5").exists()
     card["training"]["config"]["seed"] = 0
+    # A stage trained before a TrainConfig value existed counts as trained with its default.
+    del card["training"]["config"]["separation_heights_um"]
     card_path.write_text(json.dumps(card))
     second = tmp_path / "second"
     assert table_module.main(base + ["--out", str(second), "--adopt-default", str(runs)]) == 0
@@ -218,3 +220,6 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
     assert stage["train_seconds"] == card["training"]["training_seconds"] > 0
     assert (second / "pce-only" / "result.json").is_file()
     assert "adopted_from" not in json.loads((second / "pce-only" / "stage.json").read_text())
+    for model in (second / "pce-only", second / "pce-only" / "last"):
+        card = json.loads((model / "card.json").read_text())
+        assert "separation_calibration" in card["metrics"], model

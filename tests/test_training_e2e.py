@@ -71,7 +71,8 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     assert len(card.metrics["held_out_images"]) == 1
     assert 0.0 <= card.metrics["val_balanced_accuracy"] <= 1.0
     calibration = card.metrics["separation_calibration"]
-    assert [row["h_um"] for row in calibration["table"]] == list(TrainConfig().separation_heights_um)
+    heights = list(TrainConfig().separation_heights_um)
+    assert [row["h_um"] for row in calibration["table"]] == heights
     assert calibration["table"][0]["scribbles"] > 0
     assert card.postprocess["h_um"] in TrainConfig().separation_heights_um
     assert card.postprocess["separate"] is True

@@ -49,7 +49,9 @@ def scribble_errors(labels: np.ndarray, nucleus_ids: np.ndarray) -> dict[str, in
     labels = np.asarray(labels)
     nucleus_ids = np.asarray(nucleus_ids)
     if labels.shape != nucleus_ids.shape:
-        raise ValueError(f"labels {labels.shape} and scribble ids {nucleus_ids.shape} differ in shape.")
+        raise ValueError(
+            f"labels {labels.shape} and scribble ids {nucleus_ids.shape} differ in shape."
+        )
     present = np.unique(nucleus_ids[nucleus_ids > 0])
     both = (nucleus_ids > 0) & (labels > 0)
     pairs = np.unique(np.stack([nucleus_ids[both], labels[both]]), axis=1)
@@ -77,7 +79,8 @@ def calibrate_separation(
     probabilities
         Nucleus probability maps of the held-out images, at ``mpp``.
     nucleus_ids
-        The matching nucleus-scribble id rasters (:func:`~wsi_s2lcm.training.scribbles.rasterize_nucleus_ids`).
+        The matching nucleus-scribble id rasters
+        (:func:`~wsi_s2lcm.training.scribbles.rasterize_nucleus_ids`).
     mpp
         µm per pixel of the maps.
     heights_um
@@ -104,9 +107,13 @@ def calibrate_separation(
     if not heights_um:
         raise ValueError("no candidate heights to calibrate the separation with.")
     if len(probabilities) != len(nucleus_ids):
-        raise ValueError(f"{len(probabilities)} probability maps but {len(nucleus_ids)} id rasters.")
+        raise ValueError(
+            f"{len(probabilities)} probability maps but {len(nucleus_ids)} id rasters."
+        )
     if not any((ids > 0).any() for ids in nucleus_ids):
-        raise ValueError("no nucleus scribble on the held-out images to calibrate the separation on.")
+        raise ValueError(
+            "no nucleus scribble on the held-out images to calibrate the separation on."
+        )
     table = []
     for height in heights_um:
         config = dataclasses.replace(base, h_um=float(height))
