@@ -83,6 +83,8 @@ def main() -> None:
                                   "fraction": round(pairs / max(n256, n1024), 4)}
 
     model = load_model()
+    mpp = model.card.mpp
+    size = round(1000 * 0.25 / mpp)  # the 1000 x 1000 MoNuSeg images at the model's mpp
     predictor = TorchPredictor(model, device="cpu")
     post = PostprocessConfig(**model.card.postprocess)
     tiling = TilingConfig(tile_size=256, overlap=96, tissue_mask=False)
@@ -94,9 +96,9 @@ def main() -> None:
         tiled = labels_of(out / f"{image.stem}.zarr")
         margin = tiling.margin
         with open_slide(image, mpp=0.25) as source:
-            rgb = source.read(-margin, -margin, 500 + 2 * margin, 500 + 2 * margin, 0.5)
-        probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, 500, 500)
-        untiled = instances_from_probability(probability, post, 0.5)[margin:-margin, margin:-margin]
+            rgb = source.read(-margin, -margin, size + 2 * margin, size + 2 * margin, mpp)
+        probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, size, size)
+        untiled = instances_from_probability(probability, post, mpp)[margin:-margin, margin:-margin]
         a, b, pairs = matched(tiled, untiled)
         rows.append({"image": image.stem, "tiled": a, "untiled": b, "matched": pairs,
                      "fraction": round(pairs / max(a, b), 4)})

@@ -106,16 +106,18 @@ def test_tiled_equals_untiled_with_the_real_network(tmp_path, monuseg_dir):
     image = monuseg_dir / "images" / f"{MONUSEG_IMAGE}.tif"
     tiling = TilingConfig(tile_size=256, overlap=64, batch_size=4, tissue_mask=False)
     segment_slide(image, tmp_path, mpp=0.25, tiling=tiling, export=ExportConfig(overlay=False))
-    tiled = LabelStore.open(tmp_path / f"{MONUSEG_IMAGE}.zarr").read(0, 0, 500, 500)
-
     model = load_model()
+    size = round(1000 * 0.25 / model.card.mpp)  # the 1000 x 1000 image at the model's mpp
+    tiled = LabelStore.open(tmp_path / f"{MONUSEG_IMAGE}.zarr").read(0, 0, size, size)
+
     predictor = TorchPredictor(model, device="cpu")
     margin = tiling.margin  # the same network phase and mirrored border as the tiles
     with open_slide(image, mpp=0.25) as slide:
-        rgb = slide.read(-margin, -margin, 500 + 2 * margin, 500 + 2 * margin, 0.5)
-    probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, 500, 500)
+        rgb = slide.read(-margin, -margin, size + 2 * margin, size + 2 * margin, model.card.mpp)
+    probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, size, size)
     post = PostprocessConfig(**model.card.postprocess)
-    untiled = instances_from_probability(probability, post, 0.5)[margin:-margin, margin:-margin]
+    untiled = instances_from_probability(probability, post, model.card.mpp)
+    untiled = untiled[margin:-margin, margin:-margin]
     assert np.mean((tiled > 0) == (untiled > 0)) > 0.99
     assert matched_fraction(tiled, untiled) >= 0.98
 
@@ -146,3 +148,5 @@ def test_monuseg_tile_with_mpp(tmp_path, monuseg_dir):
     assert 300 < len(features) < 3000
     xs = [x for f in features for x, _ in f["geometry"]["coordinates"][0]]
     assert 0 <= min(xs) and max(xs) <= 1000, "polygons must be in level-0 (0.25 µm) pixels"
+    summary = json.loads((tmp_path / f"{MONUSEG_IMAGE}.json").read_text())
+    assert summary["model_card"]["name"] == "s2lcm-monuseg"
