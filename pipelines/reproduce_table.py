@@ -53,7 +53,9 @@ from wsi_s2lcm.label_files import find_image, read_label_image
 from wsi_s2lcm.models import read_card
 from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.training.calibrate import ensure_calibrated
-from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST, TrainConfig, load_train_config
+from wsi_s2lcm.training.config import (
+    SCRIBBLE_MANIFEST, TrainConfig, load_train_config, with_defaults,
+)
 from wsi_s2lcm.training.dataset import load_pair
 from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 from wsi_s2lcm.training.records import hardware
@@ -257,15 +259,6 @@ class TableData:
 
 ADOPT_IGNORED = ("init_model", "licence")
 """TrainConfig values an adopted stage may differ in: where it started from, the licence text."""
-
-
-def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A recorded TrainConfig with values added to TrainConfig since then at their defaults.
-
-    Each value added later defaults to the earlier behaviour, so a stage trained before it
-    existed still counts as trained with these settings.
-    """
-    return {**TrainConfig().to_dict(), **recorded}
 
 
 def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableData,

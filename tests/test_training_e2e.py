@@ -16,7 +16,7 @@ from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
 from wsi_s2lcm.models import load_model
 from wsi_s2lcm.training.augment import augment_sample
-from wsi_s2lcm.training.config import TrainConfig, load_train_config
+from wsi_s2lcm.training.config import TrainConfig, load_train_config, with_defaults
 from wsi_s2lcm.training.evaluate import normalize
 
 STEMS = ("TCGA-A7-A13E-01Z-00-DX1", "TCGA-HE-7129-01Z-00-DX1")
@@ -120,6 +120,18 @@ def test_existing_model_is_not_overwritten_silently(data, tmp_path):
     (tmp_path / "model" / "card.json").write_text("{}")
     result = _train(data, tmp_path / "model")
     assert isinstance(result.exception, OutputExistsError)
+
+
+def test_a_config_recorded_before_a_value_existed_reads_it_at_its_default(data, tmp_path):
+    assert _train(data, tmp_path / "model", "--epochs", "1").exit_code == 0
+    state_path = tmp_path / "model" / "train_state" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["config"]["separation_heights_um"]
+    assert with_defaults(state["config"]) == load_train_config(data / "tiny.yaml", {
+        "epochs": 1, "mpp": 0.5, "validation_fraction": 0.5}).to_dict()
+    torch.save(state, state_path)
+    resumed = _train(data, tmp_path / "model", "--resume", "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
 
 
 def test_unknown_config_key_is_refused(tmp_path):

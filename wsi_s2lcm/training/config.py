@@ -252,6 +252,15 @@ class TrainConfig:
                 "encoder_weights": self.encoder_weights or None}
 
 
+def with_defaults(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config (``TrainConfig.to_dict()``) with values added since then at their defaults.
+
+    Every value added to :class:`TrainConfig` defaults to the earlier behaviour, so a run or
+    checkpoint recorded before it existed compares equal to one made with the default.
+    """
+    return {**TrainConfig().to_dict(), **recorded}
+
+
 def load_train_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> TrainConfig:

@@ -35,7 +35,7 @@ from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_
 from wsi_s2lcm.training import losses
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.calibrate import calibrate_model
-from wsi_s2lcm.training.config import TrainConfig
+from wsi_s2lcm.training.config import TrainConfig, with_defaults
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import (
     IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
@@ -444,7 +444,7 @@ def _save_state(path: Path, config, network, optimizer, scaler, ema, run) -> Non
 
 def _load_state(path: Path, config, network, optimizer, scaler, ema, run) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state["config"]
+    saved = with_defaults(state["config"])
     changed = sorted(k for k, v in config.to_dict().items()
                      if k not in _RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
