@@ -8,6 +8,10 @@ selected on scribbles), and writes the model with float16 weights to
 Usage (from the project root, after pipelines/train_default_model.sh)::
 
     python pipelines/ship_default_model.py --model runs/default-model --name s2lcm-monuseg
+    python pipelines/ship_default_model.py --model runs/fast-model --name s2lcm-monuseg-fast
+
+Models trained before the trainer calibrated the watershed height on held-out scribbles are
+calibrated here first, with the held-out images and scribble files their card records.
 """
 
 from __future__ import annotations

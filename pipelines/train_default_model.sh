@@ -16,10 +16,12 @@
 # Usage (from the project root):   bash pipelines/train_default_model.sh
 #                                  MPP=0.5 bash pipelines/train_default_model.sh
 # Resume an interrupted stage 2:   RESUME=1 bash pipelines/train_default_model.sh
-# About 85 min on 2 CPU cores: stage 1 about 21 s per epoch (12 steps of 8 crops of 256 px,
-# 1.7 s/step; 4,133 s of training), stage 2 about 34 s per epoch (2.8 s/step; 1,017 s). The
-# shipped model came from this script's run of 2026-11-30 (02:07-03:31 UTC); stage 2 never
-# bettered the warm-up model on the held-out scribbles, so the selected weights are stage 1's.
+# About 85 min on 2 CPU cores at either MPP: stage 1 about 21 s per epoch (12 steps of 8 crops of
+# 256 px, 1.5-1.7 s/step; 4,217 s of training at 0.25, 4,133 s at 0.5), stage 2 25-34 s per
+# epoch (765 s at 0.25, 1,017 s at 0.5). The shipped models came from this recipe on 2026-11-30:
+# s2lcm-monuseg-fast from the run of 02:07-03:31 UTC (stage 2 never bettered the warm-up, so its
+# weights are stage 1's), s2lcm-monuseg from 05:01-06:30 UTC (stage 1 launched by hand with the
+# identical config, docs/MODEL.md; stage 2 selected at epoch 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
