@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -23,14 +24,24 @@ def fail_on_three(x: int) -> int:
 def test_local_threads_return_every_result():
     with open_dispatcher(workers=2) as dispatcher:
         assert dispatcher.client is not None
-        results = sorted(dispatcher.imap_unordered(square, range(20), 1))
+        results = list(dispatcher.imap(square, range(20), 1))
     assert results == [x * x + 1 for x in range(20)]
+
+
+def slower_first(x: int) -> int:
+    time.sleep(0.05 * (6 - x))
+    return x
+
+
+def test_results_come_in_submission_order_whoever_finishes_first():
+    with open_dispatcher(workers=2) as dispatcher:
+        assert list(dispatcher.imap(slower_first, range(6))) == list(range(6))
 
 
 def test_in_thread_mode_needs_no_dask():
     with open_dispatcher(workers=0) as dispatcher:
         assert dispatcher.client is None
-        assert list(dispatcher.imap_unordered(square, [1, 2], 0)) == [1, 4]
+        assert list(dispatcher.imap(square, [1, 2], 0)) == [1, 4]
 
 
 def test_running_scheduler_is_used():
@@ -39,7 +50,7 @@ def test_running_scheduler_is_used():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                       dashboard_address=None) as cluster:
         with open_dispatcher(scheduler=cluster.scheduler_address) as dispatcher:
-            assert sorted(dispatcher.imap_unordered(square, range(5), 0)) == [0, 1, 4, 9, 16]
+            assert list(dispatcher.imap(square, range(5), 0)) == [0, 1, 4, 9, 16]
 
 
 def test_unreachable_scheduler_is_a_config_error():
@@ -51,7 +62,7 @@ def test_unreachable_scheduler_is_a_config_error():
 def test_task_errors_reach_the_caller():
     with open_dispatcher(workers=2) as dispatcher:
         with pytest.raises(RuntimeError, match="three"):
-            list(dispatcher.imap_unordered(fail_on_three, range(6)))
+            list(dispatcher.imap(fail_on_three, range(6)))
 
 
 def test_items_are_pulled_lazily():
@@ -65,11 +76,11 @@ def test_items_are_pulled_lazily():
             yield i
 
     dispatcher = Dispatcher(None, in_flight=1)
-    iterator = dispatcher.imap_unordered(square, items(), 0)
+    iterator = dispatcher.imap(square, items(), 0)
     next(iterator)
     assert len(pulled) == 1
     with open_dispatcher(workers=1) as dispatcher:
         pulled.clear()
-        iterator = dispatcher.imap_unordered(square, items(), 0)
+        iterator = dispatcher.imap(square, items(), 0)
         next(iterator)
         assert len(pulled) <= dispatcher.in_flight + 1

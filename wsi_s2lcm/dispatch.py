@@ -1,13 +1,14 @@
 """The only module that knows Dask: run tasks on threads, processes or a running cluster.
 
-:func:`open_dispatcher` returns a :class:`Dispatcher` whose :meth:`~Dispatcher.imap_unordered`
-submits tasks with a bounded number in flight (so memory stays flat however many tiles a slide
-has) and yields results as they complete. ``workers=0`` runs tasks one by one in the calling
+:func:`open_dispatcher` returns a :class:`Dispatcher` whose :meth:`~Dispatcher.imap` submits
+tasks with a bounded number in flight (so memory stays flat however many tiles a slide has) and
+yields their results in submission order. ``workers=0`` runs tasks one by one in the calling
 thread, for debugging and for callers that need no parallelism.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from typing import Any, Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    """Runs ``fn(item, *args)`` for many items and yields results as they finish.
+    """Runs ``fn(item, *args)`` for many items in parallel and yields the results in order.
 
     Parameters
     ----------
@@ -36,36 +37,35 @@ class Dispatcher:
         self.in_flight = max(1, in_flight)
         self.workers = max(1, workers)
 
-    def imap_unordered(
-        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any
-    ) -> Iterator[Any]:
-        """Yield ``fn(item, *args)`` for each item, in completion order.
+    def imap(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any) -> Iterator[Any]:
+        """Yield ``fn(item, *args)`` for each item, in the order of ``items``.
 
-        An exception raised by a task is raised here, after the other tasks in flight are
-        cancelled.
+        Tasks run in parallel, but results are handed over in submission order (a result that
+        finishes early waits for the ones before it, at most ``in_flight`` of them), so what a
+        caller builds from them does not depend on which worker was faster. An exception
+        raised by a task is raised here, after the other tasks in flight are cancelled.
         """
         if self.client is None:
             for item in items:
                 yield fn(item, *args)
             return
-        from distributed import as_completed
-
         iterator = iter(items)
-        pending = as_completed()
+        pending: collections.deque = collections.deque()
         try:
             for item in iterator:
-                pending.add(self.client.submit(fn, item, *args, pure=False))
-                if pending.count() >= self.in_flight:
+                pending.append(self.client.submit(fn, item, *args, pure=False))
+                if len(pending) >= self.in_flight:
                     break
-            for future in pending:
+            while pending:
+                future = pending.popleft()
                 result = future.result()
                 future.release()
-                yield result
                 for item in iterator:
-                    pending.add(self.client.submit(fn, item, *args, pure=False))
+                    pending.append(self.client.submit(fn, item, *args, pure=False))
                     break
+                yield result
         finally:
-            for future in list(pending.futures):
+            for future in pending:
                 future.cancel()
 
 

@@ -175,7 +175,7 @@ def _run_tiles(
 
     dispatcher = dispatcher or Dispatcher(None, in_flight=1)
     with tqdm(total=len(tiles), unit="tile", disable=not progress, desc="tiles") as bar:
-        for results in dispatcher.imap_unordered(
+        for results in dispatcher.imap(
             process_tiles, _batches(tiles, tiling.batch_size), job
         ):
             for result in results:
