@@ -84,3 +84,4 @@ def test_items_are_pulled_lazily():
         iterator = dispatcher.imap(square, items(), 0)
         next(iterator)
         assert len(pulled) <= dispatcher.in_flight + 1
+        iterator.close()  # cancels the tasks in flight while the client is open
