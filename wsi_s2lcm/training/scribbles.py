@@ -53,19 +53,17 @@ def rasterize_scribbles(
         ``uint8`` target of ``shape``: 1 nucleus, 0 background, 255 unlabeled.
     """
     painted = {NUCLEUS: np.zeros(shape, bool), BACKGROUND: np.zeros(shape, bool)}
-    radius = max(stroke_width / 2.0, 0.5) + 1e-6
+    radius = _stroke_radius(stroke_width)
     areas: dict[int, list] = {NUCLEUS: [], BACKGROUND: []}
     for scribble in scribbles:
-        geometry = shapely.transform(
-            scribble.geometry, lambda xy: (xy - np.asarray(offset_xy)) / scale
-        )
         if scribble.is_line:
-            _paint_line(painted[scribble.label], geometry, radius)
+            _paint_line(painted[scribble.label], scribble.geometry, radius, scale, offset_xy)
         else:
-            areas[scribble.label].append(geometry)
+            areas[scribble.label].append(scribble.geometry)
     for label, polygons in areas.items():
         if polygons:
-            painted[label] |= rasterize_polygons(polygons, shape, dtype=np.uint8) > 0
+            inside = rasterize_polygons(polygons, shape, scale, offset_xy, dtype=np.uint8)
+            painted[label] |= inside > 0
     target = np.full(shape, IGNORE, np.uint8)
     target[painted[BACKGROUND]] = 0
     target[painted[NUCLEUS]] = 1
@@ -91,32 +89,45 @@ def rasterize_nucleus_ids(
         order of the nucleus scribbles (a later scribble wins where two cross).
     """
     ids = np.zeros(shape, np.int32)
-    radius = max(stroke_width / 2.0, 0.5) + 1e-6
+    radius = _stroke_radius(stroke_width)
     nuclei = [s for s in scribbles if s.label == NUCLEUS]
     for value, scribble in enumerate(nuclei, start=1):
-        geometry = shapely.transform(
-            scribble.geometry, lambda xy: (xy - np.asarray(offset_xy)) / scale
-        )
-        painted = np.zeros(shape, bool)
         if scribble.is_line:
-            _paint_line(painted, geometry, radius)
+            _paint_line(ids, scribble.geometry, radius, scale, offset_xy, value)
         else:
-            painted = rasterize_polygons([geometry], shape, dtype=np.uint8) > 0
-        ids[painted] = value
+            area = rasterize_polygons([scribble.geometry], shape, scale, offset_xy, dtype=np.uint8)
+            ids[area > 0] = value
     return ids
 
 
-def _paint_line(mask: np.ndarray, line: object, radius: float) -> None:
-    """Set the pixels of ``mask`` whose centres lie within ``radius`` of ``line``."""
+def _stroke_radius(stroke_width: float) -> float:
+    """Distance from a line within which a pixel centre is painted (at least half a pixel)."""
+    return max(stroke_width / 2.0, 0.5) + 1e-6
+
+
+def _paint_line(
+    raster: np.ndarray,
+    line: object,
+    radius: float,
+    scale: float = 1.0,
+    offset_xy: tuple[float, float] = (0.0, 0.0),
+    value: object = True,
+) -> None:
+    """Set to ``value`` the pixels of ``raster`` whose centres lie within ``radius`` of ``line``.
+
+    ``line`` is in the frame of :func:`rasterize_scribbles` (``scale`` units per raster pixel,
+    ``offset_xy`` at the raster's top-left corner); ``radius`` is in raster pixels.
+    """
+    line = shapely.transform(line, lambda xy: (xy - np.asarray(offset_xy)) / scale)
     x0, y0, x1, y1 = line.bounds
-    height, width = mask.shape
+    height, width = raster.shape
     cols = np.arange(max(int(np.floor(x0 - radius)), 0), min(int(np.ceil(x1 + radius)) + 1, width))
     rows = np.arange(max(int(np.floor(y0 - radius)), 0), min(int(np.ceil(y1 + radius)) + 1, height))
     if not len(cols) or not len(rows):
         return
     cc, rr = np.meshgrid(cols, rows)
     near = shapely.dwithin(line, shapely.points(cc.ravel() + 0.5, rr.ravel() + 0.5), radius)
-    mask[rr.ravel()[near], cc.ravel()[near]] = True
+    raster[rr.ravel()[near], cc.ravel()[near]] = value
 
 
 def scribble_target(
