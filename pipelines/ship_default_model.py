@@ -97,7 +97,8 @@ def main() -> None:
         figures = validation_figures(args.model, Path(scratch))
     metrics = dict(model.card.metrics)
     metrics["validation_full_masks"] = figures
-    postprocess = model.card.postprocess or dataclasses.asdict(PostprocessConfig())
+    # Every post-processing value is written out, including those added after training.
+    postprocess = dataclasses.asdict(PostprocessConfig(**(model.card.postprocess or {})))
     card = dataclasses.replace(model.card, name=args.name, metrics=metrics, postprocess=postprocess)
     target = ROOT / "wsi_s2lcm" / "weights" / args.name
     save_model(target, card, model.network, half=True)

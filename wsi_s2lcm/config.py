@@ -91,6 +91,11 @@ class PostprocessConfig:
     h_um : float
         Height (µm of distance) a distance-transform maximum must stand above its surroundings to
         seed its own nucleus; larger values split less.
+    min_hematoxylin_contrast : float
+        An object is kept only when its mean hematoxylin optical density is at least this many
+        times that of the background pixels around it (within
+        :data:`~wsi_s2lcm.postprocess.RING_UM`); the default 1.0 drops objects no darker in
+        hematoxylin than their surroundings, such as eosin-stained stroma. 0 keeps every object.
     """
 
     threshold: float = 0.5
@@ -98,6 +103,7 @@ class PostprocessConfig:
     fill_holes: bool = True
     separate: bool = True
     h_um: float = 0.75
+    min_hematoxylin_contrast: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -106,6 +112,11 @@ class PostprocessConfig:
             raise ConfigError(f"min_area_um2 {self.min_area_um2} must be >= 0.")
         if self.h_um <= 0:
             raise ConfigError(f"h_um {self.h_um} must be > 0.")
+        if self.min_hematoxylin_contrast < 0:
+            raise ConfigError(
+                f"min_hematoxylin_contrast {self.min_hematoxylin_contrast} must be >= 0 "
+                "(0 keeps every object)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,7 @@ from scipy import ndimage
 
 from wsi_s2lcm.config import TilingConfig
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
-from wsi_s2lcm.postprocess import instances_from_probability
-from wsi_s2lcm.tile_task import Fragment, TileJob, outside_to_background
+from wsi_s2lcm.tile_task import Fragment, TileJob, outside_to_background, segment_window
 from wsi_s2lcm.tiling import owner_of
 
 logger = logging.getLogger(__name__)
@@ -125,11 +124,12 @@ def resolve_group(
         wx0, wy0, wx1, wy1 = window
         c = job.context
         rgb = slide.read(wx0 - c, wy0 - c, wx1 - wx0 + 2 * c, wy1 - wy0 + 2 * c, job.model_mpp)
-        probability = predictor(rgb[None])[0]
-        if c:
-            rgb, probability = rgb[c:-c, c:-c], probability[c:-c, c:-c]
-        probability = outside_to_background(probability, wx0, wy0, job.width, job.height)
-        labels = instances_from_probability(probability, job.postprocess, job.model_mpp)
+        probability = outside_to_background(
+            predictor(rgb[None])[0], wx0 - c, wy0 - c, job.width, job.height
+        )
+        labels, rgb, probability = segment_window(
+            rgb, probability, job.postprocess, job.model_mpp, c
+        )
         under_seed = labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0][seed]
         under_seed = under_seed[under_seed > 0]
         if under_seed.size == 0:

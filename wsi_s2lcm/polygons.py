@@ -20,7 +20,8 @@ import numpy as np
 import shapely
 from scipy import ndimage as ndi
 from shapely.geometry import MultiPolygon, Polygon
-from skimage.color import hed_from_rgb
+
+from wsi_s2lcm.stain import hematoxylin_od
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,6 @@ MEASUREMENTS = (AREA, PERIMETER, CIRCULARITY, SOLIDITY, HEMATOXYLIN_OD_MEAN, PRO
 
 #: Decimals kept in level-0 coordinates.
 COORDINATE_DECIMALS = 2
-
-# Optical density -> hematoxylin (Ruifrok & Johnston stain vectors, as in skimage.color.rgb2hed).
-_HEMATOXYLIN_FROM_OD = np.ascontiguousarray(hed_from_rgb[:, 0])
 
 # Directions of boundary edges, y down: 0 = +x, 1 = +y, 2 = -x, 3 = -y. The object lies on the
 # right of every edge; turning left at a pinch corner follows the same background pixel.
@@ -257,9 +255,7 @@ def _pixel_statistics(
     selected = slot >= 0
     slot = slot[selected]
     rows, cols = np.nonzero(selected)
-    pixels = rgb[selected].astype(np.float64)
-    optical_density = -np.log10(np.maximum(pixels, 1.0) / 255.0)
-    hematoxylin = optical_density @ _HEMATOXYLIN_FROM_OD
+    hematoxylin = hematoxylin_od(rgb[selected])
     n = len(ids)
 
     def total(weights: np.ndarray | None) -> np.ndarray:

@@ -2,8 +2,11 @@
 
 :func:`instances_from_probability` thresholds the probability map, fills small holes, splits
 touching nuclei with a watershed on the Euclidean distance transform seeded by h-maxima, keeps
-each object's largest 4-connected part and removes small objects. :func:`label_table` lists the
-bounding box, size and centroid of every label, which the tiling's ownership rule needs.
+each object's largest 4-connected part and removes small objects. :func:`drop_unstained` then
+removes objects no darker in hematoxylin than the background around them (the network's typical
+mistake on slides stained pinker than its training data: blobs of eosin-stained stroma).
+:func:`label_table` lists the bounding box, size and centroid of every label, which the tiling's
+ownership rule needs.
 
 Locality
 --------
@@ -22,6 +25,10 @@ for ``C`` up to relabeling. Every step is chosen for this:
 * the watershed is run on each 4-connected component separately, on its own bounding box, so its
   tie-breaking (queue order) never sees another component; components whose distance transform
   has a single regional maximum (hence at most one h-maximum) are not flooded at all.
+
+:func:`drop_unstained` decides each object from its own pixels and the pixels within
+:data:`RING_UM` of it, so it stays local as long as the caller passes that much of the image
+around the tile (the network's context is far wider).
 """
 
 from __future__ import annotations
@@ -36,12 +43,17 @@ from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
 from wsi_s2lcm.config import PostprocessConfig
+from wsi_s2lcm.stain import hematoxylin_od
 
 logger = logging.getLogger(__name__)
 
 #: Holes (enclosed background) up to this area in µm² are filled; larger enclosed regions, such as
 #: a gland lumen ringed by touching nuclei, stay background.
 MAX_HOLE_UM2 = 50.0
+
+#: Width (µm) of the ring of background around an object that :func:`drop_unstained` compares
+#: the object's hematoxylin with.
+RING_UM = 2.0
 
 _CROSS = ndi.generate_binary_structure(2, 1)
 _SQUARE = ndi.generate_binary_structure(2, 2)
@@ -118,6 +130,79 @@ def instances_from_probability(
     else:
         labels = components
     return _remove_small_and_relabel(labels, config.min_area_um2 * px_per_um2)
+
+
+def drop_unstained(
+    labels: np.ndarray,
+    rgb: np.ndarray,
+    probability: np.ndarray,
+    config: PostprocessConfig,
+    mpp: float,
+    border: int = 0,
+) -> np.ndarray:
+    """Remove objects that are no darker in hematoxylin than the background around them.
+
+    An object is kept when its mean hematoxylin optical density (:mod:`wsi_s2lcm.stain`) is at
+    least ``config.min_hematoxylin_contrast`` times the mean over its ring: the pixels within
+    :data:`RING_UM` of it whose probability is at most ``config.threshold``. An object with no
+    such pixel around it is kept.
+
+    Parameters
+    ----------
+    labels
+        ``(H, W)`` instance labels (:func:`instances_from_probability`).
+    rgb, probability
+        ``(H + 2 * border, W + 2 * border, 3)`` RGB and ``(H + 2 * border, W + 2 * border)``
+        nucleus probability of the same pixels with ``border`` more on each side, so that rings
+        near the edge of ``labels`` are whole; a ``border`` of ``RING_UM / mpp`` pixels or more
+        makes the decision independent of where the array was cut.
+    config
+        ``threshold`` and ``min_hematoxylin_contrast`` (0 keeps every object).
+    mpp
+        µm per pixel of all three arrays.
+    border
+        Pixels of ``rgb`` and ``probability`` beyond ``labels`` on each side.
+
+    Returns
+    -------
+    np.ndarray
+        ``labels`` when nothing is removed, else int32 labels renumbered ``1..N`` in raster order
+        of each object's first pixel.
+    """
+    labels = np.asarray(labels)
+    expected = (labels.shape[0] + 2 * border, labels.shape[1] + 2 * border)
+    if rgb.shape != expected + (3,) or probability.shape != expected:
+        raise ValueError(
+            f"rgb {rgb.shape} and probability {probability.shape} must be labels {labels.shape} "
+            f"grown by border={border} on each side."
+        )
+    contrast = config.min_hematoxylin_contrast
+    if contrast <= 0 or not labels.any():
+        return labels
+    radius = RING_UM / mpp
+    reach = int(np.ceil(radius))
+    padded = np.pad(labels, border) if border else labels
+    hematoxylin = hematoxylin_od(rgb)
+    background = probability <= config.threshold
+    rows, cols = padded.shape
+    drop = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for value, box in enumerate(ndi.find_objects(padded.astype(np.intp, copy=False)), start=1):
+        if box is None:
+            continue
+        grown = (
+            slice(max(box[0].start - reach, 0), min(box[0].stop + reach, rows)),
+            slice(max(box[1].start - reach, 0), min(box[1].stop + reach, cols)),
+        )
+        inside = padded[grown] == value
+        ring = (ndi.distance_transform_edt(~inside) <= radius) & ~inside & background[grown]
+        if not ring.any():
+            continue
+        local = hematoxylin[grown]
+        drop[value] = local[inside].mean() < contrast * local[ring].mean()
+    if not drop.any():
+        return labels
+    logger.debug("dropped %d object(s) no darker in hematoxylin than their ring", int(drop.sum()))
+    return _remove_small_and_relabel(np.where(drop[labels], 0, labels), 0)
 
 
 def label_table(labels: np.ndarray) -> list[LabelInfo]:

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.postprocess import instances_from_probability, label_table
+from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability, label_table
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
 from wsi_s2lcm.predictor import PredictorSpec, build_predictor
 from wsi_s2lcm.tiling import Tile, touches_open_edge
@@ -216,10 +216,16 @@ def tile_result(
     job: TileJob,
     seconds: dict[str, float] | None = None,
 ) -> TileResult:
-    """Instances, ownership and polygons for one tile whose probabilities are known."""
+    """Instances, ownership and polygons for one tile whose probabilities are known.
+
+    ``rgb`` and ``probability`` cover the tile grown by ``job.context`` on each side.
+    """
     started = time.perf_counter()
-    probability = outside_to_background(probability, tile.x, tile.y, job.width, job.height)
-    labels = instances_from_probability(probability, job.postprocess, job.model_mpp)
+    c = job.context
+    probability = outside_to_background(
+        probability, tile.x - c, tile.y - c, job.width, job.height
+    )
+    labels, rgb, probability = segment_window(rgb, probability, job.postprocess, job.model_mpp, c)
     ownership = own_instances(labels, tile, job.width, job.height)
     scale = job.scale
     nuclei = nuclei_from_labels(
@@ -249,6 +255,37 @@ def tile_result(
     return TileResult(tile, nuclei, kept_labels, fragments, spent)
 
 
+def segment_window(
+    rgb: np.ndarray,
+    probability: np.ndarray,
+    config: PostprocessConfig,
+    mpp: float,
+    border: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Instances of a window read with ``border`` extra pixels of context on each side.
+
+    Parameters
+    ----------
+    rgb, probability
+        ``(H + 2 * border, W + 2 * border, 3)`` RGB and matching nucleus probability.
+    config
+        Post-processing values.
+    mpp
+        µm per pixel.
+    border
+        Context pixels on each side; only the stain check (:func:`drop_unstained`) looks at them.
+
+    Returns
+    -------
+    labels, rgb, probability : np.ndarray
+        ``(H, W)`` instance labels and the RGB and probability cropped to the window.
+    """
+    inner = (slice(border, rgb.shape[0] - border), slice(border, rgb.shape[1] - border))
+    labels = instances_from_probability(probability[inner], config, mpp)
+    labels = drop_unstained(labels, rgb, probability, config, mpp, border)
+    return labels, rgb[inner], probability[inner]
+
+
 def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
     """Read, predict and post-process a batch of tiles (the task a worker runs).
 
@@ -274,9 +311,6 @@ def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
     predictor = build_predictor(job.predictor)
     probabilities = predictor(batch)
     predict_done = time.perf_counter()
-    if c:
-        batch = batch[:, c:-c, c:-c]
-        probabilities = probabilities[:, c:-c, c:-c]
     share = 1.0 / len(tiles)
     seconds = {
         "read": (read_done - started) * share,

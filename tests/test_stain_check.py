@@ -1,0 +1,122 @@
+"""Tests of the stain check: hematoxylin OD and dropping objects no darker than their ring."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from wsi_s2lcm.config import PostprocessConfig
+from wsi_s2lcm.errors import ConfigError
+from wsi_s2lcm.postprocess import RING_UM, drop_unstained
+from wsi_s2lcm.stain import hematoxylin_od
+
+PURPLE = (110, 70, 160)  # a hematoxylin-stained nucleus
+STROMA = (225, 150, 195)  # the background: eosin-stained stroma
+PINK = (230, 120, 170)  # an eosin-stained blob
+DARK_PINK = (200, 60, 120)  # denser eosin: dark, but not hematoxylin
+MPP = 0.5
+CONFIG = PostprocessConfig()
+
+
+def test_hematoxylin_od_orders_stains():
+    values = hematoxylin_od(np.array([(255, 255, 255), PURPLE, PINK, DARK_PINK]))
+    white, purple, pink, dark_pink = values
+    assert white == pytest.approx(0.0)
+    assert purple > 0.4
+    assert pink < 0.1 and dark_pink < 0.1
+
+
+def test_hematoxylin_od_refuses_non_rgb():
+    with pytest.raises(ValueError, match="3 channels"):
+        hematoxylin_od(np.zeros((4, 4)))
+
+
+def _scene(colours, background=STROMA, shape=(60, 120)):
+    """Discs of radius 6 px along a row, each painted its colour, on a plain background."""
+    rgb = np.empty(shape + (3,), dtype=np.uint8)
+    rgb[:] = background
+    labels = np.zeros(shape, dtype=np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for value, colour in enumerate(colours, start=1):
+        disc = np.hypot(yy - 30, xx - (20 + 40 * (value - 1))) <= 6
+        labels[disc] = value
+        rgb[disc] = colour
+    probability = np.where(labels > 0, 0.9, 0.1)
+    return labels, rgb, probability
+
+
+def test_keeps_nuclei_and_drops_stroma_blobs():
+    labels, rgb, probability = _scene([PURPLE, PINK, DARK_PINK])
+    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    assert kept.max() == 1
+    assert np.array_equal(kept > 0, labels == 1)
+    assert kept.dtype == np.int32
+
+
+def test_renumbers_in_raster_order():
+    labels, rgb, probability = _scene([PINK, PURPLE, PURPLE])
+    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    assert np.array_equal(np.unique(kept), [0, 1, 2])
+    assert np.array_equal(kept == 1, labels == 2)
+    assert np.array_equal(kept == 2, labels == 3)
+
+
+def test_zero_contrast_keeps_everything():
+    labels, rgb, probability = _scene([PURPLE, PINK, DARK_PINK])
+    config = dataclasses.replace(CONFIG, min_hematoxylin_contrast=0.0)
+    assert drop_unstained(labels, rgb, probability, config, MPP) is labels
+
+
+def test_contrast_is_a_ratio_to_the_ring():
+    # A pale nucleus on a paler background passes at 1.0 and fails when it must be 3 times as dark.
+    labels, rgb, probability = _scene([(150, 120, 190)], background=(200, 185, 215))
+    inside = hematoxylin_od(np.array((150, 120, 190)))
+    ring = hematoxylin_od(np.array((200, 185, 215)))
+    assert 1.0 < inside / ring < 3.0
+    assert drop_unstained(labels, rgb, probability, CONFIG, MPP).max() == 1
+    strict = dataclasses.replace(CONFIG, min_hematoxylin_contrast=3.0)
+    assert drop_unstained(labels, rgb, probability, strict, MPP).max() == 0
+
+
+def test_ring_ignores_other_objects():
+    # A pink blob squeezed between two nuclei: its ring is the stroma, not the nuclei.
+    labels, rgb, probability = _scene([PURPLE, PINK, PURPLE])
+    labels[28:33, 26:55] = 2
+    rgb[28:33, 26:55] = PINK
+    probability = np.where(labels > 0, 0.9, 0.1)
+    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    assert not np.any(kept[labels == 2])
+
+
+def test_object_without_ring_is_kept():
+    labels = np.ones((10, 10), dtype=np.int32)
+    rgb = np.full((10, 10, 3), STROMA, dtype=np.uint8)
+    kept = drop_unstained(labels, rgb, np.full((10, 10), 0.9), CONFIG, MPP)
+    assert np.array_equal(kept, labels)
+
+
+def test_border_makes_the_decision_independent_of_the_cut():
+    # A faintly purple blob (1) with a purple background band on its left, outside the window:
+    # on the whole image its ring holds the band and it is dropped; in a window cut at its left
+    # edge it is dropped only when the border brings the band back.
+    labels, rgb, probability = _scene([(190, 90, 140)])
+    rgb[:, :14] = PURPLE  # background band (probability 0.1) just left of the blob at x 14..26
+    whole = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    assert whole.max() == 0
+    border = int(np.ceil(RING_UM / MPP))
+    x0 = 14
+    inner = (slice(border, 60 - border), slice(x0, 120 - border))
+    grown = (slice(0, 60), slice(x0 - border, 120))
+    with_border = drop_unstained(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border)
+    assert with_border.max() == 0
+    cut = drop_unstained(labels[inner], rgb[inner], probability[inner], CONFIG, MPP)
+    assert cut.max() == 1
+    with pytest.raises(ValueError, match="border"):
+        drop_unstained(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border + 1)
+
+
+def test_config_refuses_negative_contrast():
+    with pytest.raises(ConfigError, match="min_hematoxylin_contrast"):
+        PostprocessConfig(min_hematoxylin_contrast=-1.0)
