@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from wsi_s2lcm.cli import main
+from wsi_s2lcm.cli_options import parse_assignments
+from wsi_s2lcm.config import PostprocessConfig
 
 
 def run(*args: str):
@@ -117,3 +119,38 @@ def test_cuda_request_without_cuda_is_refused(tmp_path, monuseg_dir, untrained_m
     result = CliRunner().invoke(main, ["segment", str(image), "--out", str(tmp_path), "--mpp",
                                        "0.25", "--model", str(untrained_model), "--device", "cuda"])
     assert result.exit_code == 2 and "CUDA" in result.output
+
+
+def test_postprocess_values_override_the_card(tmp_path, monuseg_dir, untrained_model):
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    args = ["segment", str(image), "--out", str(tmp_path), "--mpp", "0.25", "--model",
+            str(untrained_model), "--workers", "0", "--tile-size", "256", "-q",
+            "--postprocess", "min_hematoxylin_contrast=0", "--postprocess", "h_um=1.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "TCGA-18-5592-01Z-00-DX1.json").read_text())
+    used = summary["config"]["postprocess"]
+    assert used["min_hematoxylin_contrast"] == 0.0
+    assert used["h_um"] == 1.5
+    assert used["threshold"] == PostprocessConfig().threshold
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("bogus=1", "unknown key"), ("h_um", "KEY=VALUE"), ("h_um=wide", "must be a number"),
+     ("=3", "KEY=VALUE"), ("threshold=[1]", "number, true/false or text")],
+)
+def test_bad_postprocess_values_exit_2(tmp_path, monuseg_dir, untrained_model, value, message):
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    result = CliRunner().invoke(main, [
+        "segment", str(image), "--out", str(tmp_path), "--mpp", "0.25", "--model",
+        str(untrained_model), "--postprocess", value,
+    ])
+    assert result.exit_code == 2
+    assert message in result.output and "--postprocess" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_parse_assignments_types_values():
+    assert parse_assignments(("a=0.5", "b=true", "c=text", "a=2"), "--x") == {
+        "a": 2, "b": True, "c": "text"}

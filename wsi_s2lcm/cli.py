@@ -16,7 +16,7 @@ import click
 
 from wsi_s2lcm import __version__
 from wsi_s2lcm.cli_evaluate import evaluate_command
-from wsi_s2lcm.cli_options import show_progress, verbosity_options
+from wsi_s2lcm.cli_options import parse_assignments, show_progress, verbosity_options
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import ConfigError, UserInputError
 
@@ -82,6 +82,9 @@ def main() -> None:
 @click.option("--no-labels", is_flag=True, help="Do not write the label image (zarr).")
 @click.option("--no-overlay", is_flag=True, help="Do not write the overlay PNG.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--postprocess", "postprocess_values", multiple=True, metavar="KEY=VALUE",
+              help="Override one post-processing value of the model card, e.g. "
+                   "min_hematoxylin_contrast=0 (repeatable; docs/SEGMENT.md).")
 @verbosity_options
 def segment_command(
     slides: tuple[Path, ...],
@@ -101,11 +104,12 @@ def segment_command(
     no_labels: bool,
     no_overlay: bool,
     overwrite: bool,
+    postprocess_values: tuple[str, ...],
 ) -> None:
     """Segment every nucleus of SLIDES into QuPath GeoJSON detections in --out."""
-    from wsi_s2lcm.config import ExportConfig, TilingConfig
+    from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig, from_mapping
     from wsi_s2lcm.dispatch import open_dispatcher
-    from wsi_s2lcm.models import resolve_model
+    from wsi_s2lcm.models import read_card, resolve_model
     from wsi_s2lcm.predictor import resolve_device
     from wsi_s2lcm.segment import segment_slide
     from wsi_s2lcm.slide import check_readable, open_slide
@@ -125,7 +129,12 @@ def segment_command(
     for path in slides:
         with open_slide(path, mpp=mpp) as slide:
             check_readable(slide)
-    resolve_model(model)
+    card = read_card(resolve_model(model))
+    postprocess = None
+    if postprocess_values:
+        overrides = parse_assignments(postprocess_values, "--postprocess")
+        values = {**(card.postprocess or {}), **overrides}
+        postprocess = from_mapping(PostprocessConfig, values, "--postprocess")
     resolve_device(device)
     with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
         for path in slides:
@@ -135,6 +144,7 @@ def segment_command(
                 model=model,
                 mpp=mpp,
                 tiling=tiling,
+                postprocess=postprocess,
                 export=export,
                 device=device,
                 dispatcher=dispatcher,

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import click
 
+from wsi_s2lcm.errors import ConfigError
+
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of each record."""
@@ -57,3 +59,41 @@ def show_progress() -> bool:
     ctx = click.get_current_context(silent=True)
     quiet = bool(ctx and ctx.meta.get("wsi_s2lcm.quiet"))
     return not quiet and sys.stderr.isatty()
+
+
+def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, Any]:
+    """Parse repeated ``KEY=VALUE`` options; values are read as YAML scalars (0.5, true, text).
+
+    Parameters
+    ----------
+    items
+        The option's values, for example ``("h_um=0.75", "separate=false")``.
+    option
+        The option's name, for error messages.
+
+    Returns
+    -------
+    dict
+        Keys and typed values, later ones winning.
+
+    Raises
+    ------
+    ConfigError
+        On an item without ``=``, an empty key or a value that is not a scalar.
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r}: write KEY=VALUE, for example h_um=0.75.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{option} {item!r}: the value must be a number, true/false or text.")
+        values[key] = value
+    return values
