@@ -29,8 +29,9 @@ class TilingConfig:
         larger ones are re-segmented on a larger window (see :mod:`wsi_s2lcm.segment`).
     context : int
         Extra pixels the network sees on each side of a tile, cropped off before
-        post-processing. Predictions near a tile's edge depend on this context; with the default
-        (64) plus half the overlap, 256-px and 1024-px tiles find the same nuclei (docs/SEGMENT.md).
+        post-processing (only the stain check reads its first 2 µm). Predictions near a tile's
+        edge depend on this context; with the default (64) plus half the overlap, 256-px and
+        1024-px tiles find the same nuclei (docs/SEGMENT.md).
         A multiple of 16, so the network input stays a multiple of 32.
     batch_size : int
         Tiles per network batch and per dispatched task.

@@ -44,7 +44,7 @@ class TileJob:
     postprocess : PostprocessConfig
         Probability to instances.
     context : int
-        Extra pixels read around each tile for the network only.
+        Extra pixels read around each tile for the network (and the stain check's rings).
     """
 
     slide_path: str
