@@ -115,6 +115,15 @@ def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
+def test_without_held_out_images_the_latest_epoch_is_kept_with_a_warning(data, tmp_path, caplog):
+    result = _train(data, tmp_path / "model", "--epochs", "1", "--validation-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert "no image is held back" in caplog.text
+    card = load_model(tmp_path / "model").card
+    assert card.metrics["selection"] == "latest epoch (no held-out images)"
+    assert card.metrics["held_out_images"] == []
+
+
 def test_existing_model_is_not_overwritten_silently(data, tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "card.json").write_text("{}")

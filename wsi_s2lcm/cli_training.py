@@ -154,6 +154,11 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
     val_images = [t for stem in val_stems for t in loaded[stem]]
     logger.info("loaded %d training and %d held-out image(s) at %.3f µm/px in %.0f s",
                 len(train_images), len(val_images), config.mpp, time.time() - started)
+    if not val_images:
+        logger.warning(
+            "no image is held back (%d image(s) given): the latest epoch is kept and the "
+            "separation of touching nuclei is not calibrated; give two or more images, or "
+            "--split, to select the model on held-out scribbles", len(pairs))
     record = {
         "command": shlex.join(["wsi-s2lcm"] + sys.argv[1:]),
         "data": {"images": str(images_dir), "scribbles": str(scribbles_dir),

@@ -394,9 +394,12 @@ def _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema) -
                 scaler, ema, run)
     write_log(out_dir, history)
     plot_curves(out_dir, history)
-    if improved:
+    if improved and context.val_keys:
         logger.info("epoch %d: model written to %s (%s=%.4f)", entry["epoch"], out_dir,
                     SELECT_METRIC, score)
+    elif improved:
+        logger.info("epoch %d: model written to %s (latest epoch: no held-out images)",
+                    entry["epoch"], out_dir)
 
 
 def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
@@ -411,7 +414,9 @@ def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hardware": {**hardware(), "device": context.device, "amp": context.amp},
     }
-    described = {"selection": f"lowest {SELECT_METRIC} on held-out scribbles",
+    selection = (f"lowest {SELECT_METRIC} on held-out scribbles" if context.val_keys
+                 else "latest epoch (no held-out images)")
+    described = {"selection": selection,
                  "held_out_images": context.val_keys, **metrics}
     return ModelCard(
         name=context.name,
