@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from wsi_s2lcm.cli import main
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
-from wsi_s2lcm.models import load_model
+from wsi_s2lcm.models import load_model, read_card, resolve_model
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.config import TrainConfig, load_train_config, with_defaults
 from wsi_s2lcm.training.evaluate import normalize
@@ -116,12 +116,14 @@ def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
 
 
 def test_without_held_out_images_the_latest_epoch_is_kept_with_a_warning(data, tmp_path, caplog):
-    result = _train(data, tmp_path / "model", "--epochs", "1", "--validation-fraction", "0")
+    result = _train(data, tmp_path / "model", "--epochs", "1", "--validation-fraction", "0",
+                    "--init", "s2lcm-monuseg")
     assert result.exit_code == 0, result.output
     assert "no image is held back" in caplog.text
     card = load_model(tmp_path / "model").card
     assert card.metrics["selection"] == "latest epoch (no held-out images)"
     assert card.metrics["held_out_images"] == []
+    assert card.postprocess == read_card(resolve_model("s2lcm-monuseg")).postprocess
 
 
 def test_existing_model_is_not_overwritten_silently(data, tmp_path):

@@ -129,7 +129,8 @@ def train_model(
         logger.info("resuming %s at epoch %d", out_dir, run["epoch"] + 1)
     context = _Context(network, config, device, amp, name or out_dir.resolve().name,
                        dict(record or {}), [t.key for t in val_images],
-                       sys.stderr.isatty() if progress is None else progress)
+                       sys.stderr.isatty() if progress is None else progress,
+                       _initial_postprocess(config.init_model))
     if config.init_model and not resume and val_images:
         entry = {"epoch": 0, "stage": "init", "seconds": 0.0, "seconds_per_step": 0.0,
                  **_validate(context, val_images)}
@@ -172,6 +173,7 @@ class _Context:
     record: dict
     val_keys: list
     progress: bool
+    postprocess: dict
 
 
 def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -282,6 +284,18 @@ def _load_initial_weights(network: torch.nn.Module, ref: str) -> None:
     logger.info("network initialized from %s", directory)
 
 
+def _initial_postprocess(ref: str) -> dict:
+    """The post-processing values of the model fine-tuning starts from ({} without one).
+
+    They stay on the new model's card unless the separation is calibrated on held-out scribbles.
+    """
+    if not ref:
+        return {}
+    from wsi_s2lcm.models import read_card, resolve_model
+
+    return dict(read_card(resolve_model(ref)).postprocess)
+
+
 def _needs_ema(config: TrainConfig) -> bool:
     return config.use_pseudo or (config.use_mcr and config.mcr_labels == "pseudo")
 
@@ -366,7 +380,9 @@ def _calibrate_separation(context, out_dir: Path, images) -> None:
     heights = context.config.separation_heights_um
     if not heights or not any(t.nucleus_ids is not None and t.nucleus_ids.any() for t in images):
         logger.info("separation not calibrated (no candidate heights or no held-out nucleus "
-                    "scribbles): the package default is used")
+                    "scribbles): %s", "the post-processing values of init_model "
+                    f"{context.config.init_model} are kept" if context.config.init_model
+                    else "the package defaults are used")
         return
     for directory in (out_dir, out_dir / LAST_DIR):
         calibrate_model(directory, images, heights, context.device, context.amp)
@@ -423,7 +439,7 @@ def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
         architecture={**DEFAULT_ARCHITECTURE, **config.architecture()},
         mpp=config.mpp,
         normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        postprocess={},
+        postprocess=dict(context.postprocess),
         training=training,
         metrics=described,
         licence=config.licence,
