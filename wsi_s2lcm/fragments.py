@@ -118,7 +118,7 @@ def resolve_group(
     for fragment in group:
         fx0, fy0, fx1, fy1 = fragment.box
         seed[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0] |= fragment.mask
-    box = (x0, y0, x1, y1)
+    box = box_of_seed = (x0, y0, x1, y1)
     while True:
         window = _window_around(box, tiling.margin, max_window)
         wx0, wy0, wx1, wy1 = window
@@ -130,8 +130,7 @@ def resolve_group(
         labels, rgb, probability = segment_window(
             rgb, probability, job.postprocess, job.model_mpp, c
         )
-        under_seed = labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0][seed]
-        under_seed = under_seed[under_seed > 0]
+        under_seed = _labels_under_seed(labels, window, seed, box_of_seed)
         if under_seed.size == 0:
             logger.debug("a large object at %s vanished when re-segmented", box)
             return None
@@ -174,6 +173,28 @@ def resolve_group(
             max_window,
         )
     return WholeObject(nucleus[0], (obj_box[0], obj_box[1]), mask, truncated=bool(cut))
+
+
+def _labels_under_seed(
+    labels: np.ndarray,
+    window: tuple[int, int, int, int],
+    seed: np.ndarray,
+    seed_box: tuple[int, int, int, int],
+) -> np.ndarray:
+    """The nonzero labels of the window under the seed's pixels that lie inside the window.
+
+    A window is capped at ``max_window`` and centred on the object, so it may hold only part of
+    the seed (an object larger than the window).
+    """
+    wx0, wy0, wx1, wy1 = window
+    sx0, sy0, sx1, sy1 = seed_box
+    x0, y0, x1, y1 = max(wx0, sx0), max(wy0, sy0), min(wx1, sx1), min(wy1, sy1)
+    if x0 >= x1 or y0 >= y1:
+        return np.zeros(0, dtype=labels.dtype)
+    under = labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0][
+        seed[y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0]
+    ]
+    return under[under > 0]
 
 
 def _window_around(
