@@ -120,6 +120,7 @@ def test_without_held_out_images_the_latest_epoch_is_kept_with_a_warning(data, t
                     "--init", "s2lcm-monuseg")
     assert result.exit_code == 0, result.output
     assert "no image is held back" in caplog.text
+    assert "(latest epoch 1)" in caplog.text
     card = load_model(tmp_path / "model").card
     assert card.metrics["selection"] == "latest epoch (no held-out images)"
     assert card.metrics["held_out_images"] == []

@@ -172,9 +172,10 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
         record["scribbles"] = {k: generated.get(k) for k in ("ratio", "seed", "masks")}
     result = train_model(train_images, val_images, config, out_dir, device=device, resume=resume,
                          overwrite=overwrite, name=name, record=record, progress=progress)
-    logger.info("model written to %s (best epoch %d: %s)", result.path, result.best_epoch,
-                ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
-                          if isinstance(v, float)))
+    scores = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
+    logger.info("model written to %s (%s epoch %d%s)", result.path,
+                "best" if val_images else "latest", result.best_epoch,
+                f": {scores}" if scores else "")
 
 
 def _read_split(path: Path, subset: str) -> tuple[list[str], list[str]]:

@@ -5,7 +5,9 @@ The scribbles stand in for what a user draws in QuPath on the top part of
 judging the result.
 
 - Background: polylines placed by hand, from zoomed views, on what the default model outlines as
-  nuclei there although it holds none: keratin, folded fibrous debris and tissue-marking ink.
+  nuclei there although it holds none (keratin, folded fibrous debris, tissue-marking ink), and
+  on the bare glass beside the tissue: without these a model fine-tuned on dark background
+  alone learned to call the glass nucleus.
 - Nucleus: one short stroke along the long axis of each nucleus the default model found inside
   four boxes where every detection was checked by eye to be a nucleus (compact ones only:
   20-120 µm², solidity >= 0.9), as a user scribbles through nuclei.
@@ -37,6 +39,12 @@ BACKGROUND_LINES = {
     ],
     "fibrous debris": [
         [(1300, 1320), (1330, 1395)],
+    ],
+    "glass": [
+        [(1230, 470), (1290, 500), (1330, 520)],
+        [(1700, 700), (1780, 800), (1850, 900)],
+        [(600, 300), (750, 350), (900, 400)],
+        [(1650, 1250), (1645, 1300), (1640, 1350)],
     ],
     "ink and pale debris": [
         [(910, 225), (920, 245), (915, 265)],

@@ -1,0 +1,130 @@
+"""The fine-tuning example of examples/finetune/README.md, measured.
+
+Segments the demo slide with the shipped default model and with a model fine-tuned from it on the
+scribbles of ``examples/finetune/scribbles/`` (drawn on the top part of the slide, level-0
+y < 1400), and counts on the bottom part (y >= 1550, which no training region reached):
+
+- detections whose centroid lies in the debris polygons of :data:`DEBRIS` (keratin lamellae and
+  a keratin pearl, drawn by hand; none of their detections is a nucleus, except perhaps a few
+  flattened ones at the rim of the pearl);
+- detections in the boxes of :data:`NUCLEI` (epidermis, every detection checked by eye to be a
+  nucleus) and how many of the default model's detections there the fine-tuned model still
+  finds (IoU >= 0.5).
+
+It also scores both models on the held-out MoNuSeg images of pipelines/monuseg_split.json (full
+instance labels), to show what fine-tuning on one slide costs on other tissue.
+
+Usage (from the project root, after the training command of examples/finetune/README.md)::
+
+    python benchmarks/finetune_example.py --model models/cmu-finetuned [--model ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import shapely
+from shapely.geometry import shape
+
+from wsi_s2lcm.config import ExportConfig, TilingConfig
+from wsi_s2lcm.evaluation import evaluate_dirs
+from wsi_s2lcm.segment import segment_slide
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "CMU-1-Small-Region.svs"
+DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
+SPLIT = ROOT / "pipelines" / "monuseg_split.json"
+HELD_OUT_Y = 1550
+DEBRIS = {
+    "keratin lamellae": [(1256, 1550), (1550, 1550), (1500, 1700), (1450, 1800), (1380, 1840),
+                         (1330, 1820), (1280, 1700)],
+    "keratin pearl": [(1200, 2040), (1270, 1990), (1315, 2030), (1310, 2110), (1270, 2150),
+                      (1210, 2160), (1195, 2110)],
+}
+NUCLEI = {
+    "epidermis, centre": (1060, 1880, 1180, 2260),
+    "epidermis, bottom right": (1640, 2350, 1745, 2900),
+    "epidermis, bottom left": (560, 2620, 780, 2960),
+}
+
+
+def read_polygons(path: Path) -> list:
+    """The detection polygons of a segment GeoJSON."""
+    return [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+
+
+def count_inside(polygons: list, region) -> list:
+    """The polygons whose centroid lies in ``region``."""
+    return [p for p in polygons if region.contains(p.centroid)]
+
+
+def matched_fraction(reference: list, other: list, iou: float = 0.5) -> float:
+    """Fraction of ``reference`` polygons with a polygon of ``other`` at IoU >= ``iou``."""
+    if not reference:
+        return float("nan")
+    tree = shapely.STRtree(other)
+    found = 0
+    for polygon in reference:
+        for index in tree.query(polygon):
+            candidate = other[index]
+            union = polygon.union(candidate).area
+            if union and polygon.intersection(candidate).area / union >= iou:
+                found += 1
+                break
+    return found / len(reference)
+
+
+def held_out_monuseg(model: str, out: Path) -> dict:
+    """Mean metrics of ``model`` on the held-out MoNuSeg images."""
+    for stem in json.loads(SPLIT.read_text())["validation"]:
+        segment_slide(DATA / "images" / f"{stem}.tif", out, model=model, mpp=0.25,
+                      tiling=TilingConfig(tissue_mask=False),
+                      export=ExportConfig(labels=False, overlay=False, overwrite=True),
+                      device="cpu")
+    result = evaluate_dirs(out, DATA / "instance_labels")
+    return {k: round(float(v), 3) for k, v in result.mean.items()
+            if k in ("dice", "aji", "pq", "object_dice")}
+
+
+def main() -> None:
+    """Segment, count and score with both models; print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, action="append",
+                        help="a fine-tuned model directory (repeat to compare several)")
+    parser.add_argument("--default", default="s2lcm-monuseg", help="the model it started from")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch)
+        polygons, figures = {}, {}
+        for key, model in [("default", args.default)] + [(m, m) for m in args.model]:
+            started = time.perf_counter()
+            run_dir = out / f"run{len(polygons)}"
+            segment_slide(DEMO, run_dir, model=model, export=ExportConfig(overwrite=True))
+            seconds = round(time.perf_counter() - started, 1)
+            polygons[key] = read_polygons(run_dir / f"{DEMO.stem}.geojson")
+            held_out = [p for p in polygons[key] if p.centroid.y >= HELD_OUT_Y]
+            figures[key] = {
+                "model": model, "demo_nuclei": len(polygons[key]), "demo_seconds": seconds,
+                "bottom_part_nuclei": len(held_out),
+                "debris": {name: len(count_inside(held_out, shapely.Polygon(points)))
+                           for name, points in DEBRIS.items()},
+                "epidermis": {name: len(count_inside(held_out, shapely.box(*box)))
+                              for name, box in NUCLEI.items()},
+                "monuseg_held_out": held_out_monuseg(model, run_dir / "monuseg"),
+            }
+        boxes = [shapely.box(*box) for box in NUCLEI.values()]
+        reference = [p for p in polygons["default"] if any(b.contains(p.centroid) for b in boxes)]
+        for key in args.model:
+            figures[key]["epidermis_default_detections_kept"] = round(
+                matched_fraction(reference, polygons[key]), 3)
+        sys.stdout.write(json.dumps(figures, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
