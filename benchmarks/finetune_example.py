@@ -7,9 +7,9 @@ y < 1400), and counts on the bottom part (y >= 1550, which no training region re
 - detections whose centroid lies in the debris polygons of :data:`DEBRIS` (keratin lamellae and
   a keratin pearl, drawn by hand; none of their detections is a nucleus, except perhaps a few
   flattened ones at the rim of the pearl);
-- detections in the boxes of :data:`NUCLEI` (epidermis, every detection checked by eye to be a
-  nucleus) and how many of the default model's detections there the fine-tuned model still
-  finds (IoU >= 0.5).
+- detections in the boxes of :data:`NUCLEI` (epidermis, drawn where the default model's
+  detections were seen to be nuclei, the slide's edge left out) and how many of the default
+  model's detections there the fine-tuned model still finds (IoU >= 0.5).
 
 It also scores both models on the held-out MoNuSeg images of pipelines/monuseg_split.json (full
 instance labels), to show what fine-tuning on one slide costs on other tissue.

@@ -9,7 +9,7 @@ judging the result.
   on the bare glass beside the tissue: without these a model fine-tuned on dark background
   alone learned to call the glass nucleus.
 - Nucleus: one short stroke along the long axis of each nucleus the default model found inside
-  four boxes where every detection was checked by eye to be a nucleus (compact ones only:
+  three boxes where every detection was checked by eye to be a nucleus (compact ones only:
   20-120 µm², solidity >= 0.9), as a user scribbles through nuclei.
 
 Usage::
