@@ -29,6 +29,8 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString, shape
 
+from wsi_s2lcm.training.generate import annotation_feature
+
 BACKGROUND_LINES = {
     "keratin": [
         [(1410, 1010), (1480, 1060), (1540, 1120), (1600, 1050), (1560, 980)],
@@ -60,12 +62,9 @@ LEVEL0_MPP = 0.499
 STROKE_FRACTION = 0.6
 
 
-def _feature(line: LineString, name: str, color: list[int]) -> dict:
-    return {
-        "type": "Feature",
-        "geometry": {"type": "LineString", "coordinates": [list(map(float, p)) for p in line.coords]},
-        "properties": {"objectType": "annotation", "classification": {"name": name, "color": color}},
-    }
+def _feature(line: LineString, name: str) -> dict:
+    coordinates = [list(map(float, p)) for p in line.coords]
+    return annotation_feature({"type": "LineString", "coordinates": coordinates}, name)
 
 
 def nucleus_strokes(detections: dict) -> list[LineString]:
@@ -94,9 +93,9 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="scribble GeoJSON to write")
     args = parser.parse_args()
     detections = json.loads(args.detections.read_text())
-    features = [_feature(s, "Nucleus", [200, 0, 0]) for s in nucleus_strokes(detections)]
+    features = [_feature(s, "Nucleus") for s in nucleus_strokes(detections)]
     for lines in BACKGROUND_LINES.values():
-        features += [_feature(LineString(line), "Background", [0, 160, 0]) for line in lines]
+        features += [_feature(LineString(line), "Background") for line in lines]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
 

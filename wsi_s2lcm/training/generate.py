@@ -141,17 +141,24 @@ def scribble_features(
                 else {"type": "MultiLineString", "coordinates": coords}
             )
             features.append(
-                {
-                    "type": "Feature",
-                    "id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
-                    "geometry": geometry,
-                    "properties": {
-                        "objectType": "annotation",
-                        "classification": {"name": name, "color": CLASS_COLORS[name]},
-                    },
-                }
+                annotation_feature(geometry, name, str(uuid.UUID(bytes=rng.bytes(16), version=4)))
             )
     return features
+
+
+def annotation_feature(
+    geometry: dict[str, Any], name: str, feature_id: str | None = None
+) -> dict[str, Any]:
+    """A QuPath annotation feature of class ``name`` ("Nucleus" or "Background"), as a scribble."""
+    feature: dict[str, Any] = {"type": "Feature"}
+    if feature_id is not None:
+        feature["id"] = feature_id
+    feature["geometry"] = geometry
+    feature["properties"] = {
+        "objectType": "annotation",
+        "classification": {"name": name, "color": CLASS_COLORS[name]},
+    }
+    return feature
 
 
 def image_seed(seed: int, stem: str) -> int:
