@@ -58,7 +58,7 @@ from wsi_s2lcm.training.config import (
 )
 from wsi_s2lcm.training.dataset import load_pair
 from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
-from wsi_s2lcm.training.records import hardware
+from wsi_s2lcm.training.records import hardware, recorded_folders
 from wsi_s2lcm.training.trainer import LAST_DIR, STATE_DIR, STATE_FILE, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,7 +285,8 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
     training = last.training
     theirs = {k: v for k, v in with_defaults(training["config"]).items() if k not in ADOPT_IGNORED}
     ours = {k: v for k, v in config.to_dict().items() if k not in ADOPT_IGNORED}
-    scribbles = ROOT / training["data"]["scribbles"]
+    folders = recorded_folders(training["data"], "scribbles")
+    scribbles = ROOT / folders[0]
     table_scribbles = data.scribbles(ratio)
     problems = [
         (theirs != ours, "its training config differs: "
@@ -294,9 +295,9 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
          f"it ran {training['epoch']} of {config.epochs} epochs"),
         ((training["data"]["train"], training["data"]["validation"])
          != (data.train_stems, data.val_stems), "its split differs"),
-        (any((scribbles / f"{s}.geojson").read_bytes()
-             != (table_scribbles / f"{s}.geojson").read_bytes()
-             for s in data.train_stems + data.val_stems),
+        (len(folders) > 1 or any((scribbles / f"{s}.geojson").read_bytes()
+                                 != (table_scribbles / f"{s}.geojson").read_bytes()
+                                 for s in data.train_stems + data.val_stems),
          f"its scribbles ({scribbles}) differ from {table_scribbles}"),
     ]
     for failed, message in problems:

@@ -32,6 +32,7 @@ from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.training.calibrate import ensure_calibrated
 from wsi_s2lcm.training.config import load_train_config
 from wsi_s2lcm.training.dataset import load_pair, pair_files
+from wsi_s2lcm.training.records import recorded_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
@@ -77,7 +78,9 @@ def calibrate_held_out(model_dir: Path) -> None:
     config = load_train_config(None, card.training["config"])
 
     def images() -> list:
-        pairs = pair_files(ROOT / data["images"], ROOT / data["scribbles"], data["validation"])
+        pairs = pair_files([ROOT / f for f in recorded_folders(data, "images")],
+                           [ROOT / f for f in recorded_folders(data, "scribbles")],
+                           data["validation"])
         return [item for stem, image, scribbles in pairs
                 for item in load_pair(stem, image, scribbles, data["image_mpp"], config)]
 

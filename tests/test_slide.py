@@ -117,6 +117,22 @@ def test_mpp_override_warns_when_it_differs(slides_dir: Path, caplog) -> None:
     assert caplog.text == ""
 
 
+def test_default_mpp_serves_only_files_that_record_none(
+    slides_dir: Path, monuseg_dir: Path, caplog
+) -> None:
+    with caplog.at_level(logging.INFO, logger="wsi_s2lcm.slide"):
+        with open_slide(slides_dir / CMU, default_mpp=0.25) as slide:
+            assert slide.mpp == pytest.approx(0.499) and slide.info()["mpp_source"] == "file"
+    assert "--mpp 0.25 is for images that record none" in caplog.text
+    with open_slide(slides_dir / TCGA, default_mpp=0.25) as slide:
+        assert slide.mpp == 0.25 and slide.info()["mpp_source"] == "--mpp"
+    tile = sorted((monuseg_dir / "images").glob("*.tif"))[0]
+    with open_slide(tile, default_mpp=0.25) as slide:
+        assert isinstance(slide, ImageSlide) and slide.mpp == 0.25
+    with pytest.raises(SlideError, match="--mpp"):
+        open_slide(slides_dir / CMU, default_mpp=0.0)
+
+
 def test_plain_tiff_through_image_path(slides_dir: Path) -> None:
     with pytest.raises(openslide.OpenSlideUnsupportedFormatError):
         openslide.OpenSlide(str(slides_dir / KIDNEY))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     assert card.name == "tiny-model"
     assert card.mpp == 0.5 and card.licence == "test licence"
     assert card.normalization["mean"] == [0.485, 0.456, 0.406]
-    assert card.training["scribbles"]["ratio"] == 0.3
+    assert [g["ratio"] for g in card.training["scribbles"]] == [0.3]
     assert card.training["config"]["epochs"] == 3
     assert len(card.metrics["held_out_images"]) == 1
     assert 0.0 <= card.metrics["val_balanced_accuracy"] <= 1.0
@@ -125,6 +126,45 @@ def test_without_held_out_images_the_latest_epoch_is_kept_with_a_warning(data, t
     assert card.metrics["selection"] == "latest epoch (no held-out images)"
     assert card.metrics["held_out_images"] == []
     assert card.postprocess == read_card(resolve_model("s2lcm-monuseg")).postprocess
+
+
+def test_train_takes_several_folders_and_reads_each_file_at_its_own_mpp(data, tmp_path):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    result = _train(data, tmp_path / "model", "--epochs", "1", "--validation-fraction", "0",
+                    "--images", str(examples),
+                    "--scribbles", str(examples / "finetune" / "scribbles"))
+    assert result.exit_code == 0, result.output
+    recorded = read_card(tmp_path / "model").training["data"]
+    assert recorded["images"] == [str(data / "images"), str(examples)]
+    assert recorded["mpp_by_image"] == {
+        STEMS[0]: 0.25, STEMS[1]: 0.25, "CMU-1-Small-Region": pytest.approx(0.499)}
+
+
+def test_pair_files_refuses_a_stem_found_in_two_folders(data, tmp_path):
+    from wsi_s2lcm.training.dataset import pair_files
+
+    (tmp_path / f"{STEMS[0]}.png").write_bytes(b"")
+    pairs = pair_files([data / "images"], [data / "scribbles"])
+    assert [stem for stem, _, _ in pairs] == sorted(STEMS)
+    with pytest.raises(ConfigError, match=f"two image files named {STEMS[0]}"):
+        pair_files([data / "images", tmp_path], [data / "scribbles"])
+
+
+def test_plain_image_reads_its_recorded_resolution_before_mpp(data, tmp_path):
+    from wsi_s2lcm.errors import MissingMppError
+    from wsi_s2lcm.training.dataset import load_pair
+
+    pixels = tifffile.imread(data / "images" / f"{STEMS[0]}.tif")
+    tagged = tmp_path / f"{STEMS[0]}.tif"
+    tifffile.imwrite(tagged, pixels, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    scribbles = data / "scribbles" / f"{STEMS[0]}.geojson"
+    config = load_train_config(data / "tiny.yaml", {"mpp": 0.5})
+    (item,) = load_pair(STEMS[0], tagged, scribbles, 0.25, config)
+    assert item.source_mpp == pytest.approx(0.5) and item.image.shape == pixels.shape
+    (item,) = load_pair(STEMS[0], data / "images" / f"{STEMS[0]}.tif", scribbles, 0.25, config)
+    assert item.source_mpp == 0.25 and item.image.shape == (500, 500, 3)
+    with pytest.raises(MissingMppError, match="--mpp"):
+        load_pair(STEMS[0], data / "images" / f"{STEMS[0]}.tif", scribbles, None, config)
 
 
 def test_existing_model_is_not_overwritten_silently(data, tmp_path):

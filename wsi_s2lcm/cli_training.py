@@ -80,12 +80,13 @@ def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
 
 
 @click.command("train")
-@click.option("--images", "images_dir", required=True,
+@click.option("--images", "images_dirs", required=True, multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of images or slides.")
-@click.option("--scribbles", "scribbles_dir", required=True,
+              help="Folder of images or slides; repeat to train on several folders.")
+@click.option("--scribbles", "scribbles_dirs", required=True, multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of QuPath GeoJSON scribbles, one per image, named like the image.")
+              help="Folder of QuPath GeoJSON scribbles, one per image, named like the image; "
+                   "repeatable.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model directory to write.")
 @click.option("--config", "config_path", default=None,
@@ -93,7 +94,8 @@ def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
               help="YAML file of training settings (see docs/TRAINING.md).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override epochs.")
 @click.option("--mpp", "image_mpp", type=click.FloatRange(0, min_open=True), default=None,
-              help="µm/px of the images (required for plain images; MoNuSeg: 0.25).")
+              help="µm/px of images that record none (plain MoNuSeg TIFFs: 0.25); "
+                   "files that record theirs keep it.")
 @click.option("--model-mpp", type=click.FloatRange(0, min_open=True), default=None,
               help="µm/px the model works at (config 'mpp', default 0.5).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
@@ -113,7 +115,8 @@ def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --out.")
 @verbosity_options
-def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_path: Path | None,
+def train_command(images_dirs: tuple[Path, ...], scribbles_dirs: tuple[Path, ...], out_dir: Path,
+                  config_path: Path | None,
                   epochs: int | None, image_mpp: float | None, model_mpp: float | None,
                   device: str, seed: int | None, validation_fraction: float | None,
                   split_path: Path | None, subset: str, init_model: str | None,
@@ -143,10 +146,10 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
     if split_path is not None:
         train_stems, val_stems = _read_split(split_path, subset)
     else:
-        stems = [stem for stem, _, _ in pair_files(images_dir, scribbles_dir)]
+        stems = [stem for stem, _, _ in pair_files(images_dirs, scribbles_dirs)]
         train_stems, val_stems = split_stems(stems, config.validation_fraction, config.seed)
     pairs = {stem: (image, scribble)
-             for stem, image, scribble in pair_files(images_dir, scribbles_dir,
+             for stem, image, scribble in pair_files(images_dirs, scribbles_dirs,
                                                      train_stems + val_stems)}
     started = time.time()
     loaded = {stem: load_pair(stem, *pairs[stem], image_mpp, config) for stem in pairs}
@@ -161,15 +164,19 @@ def train_command(images_dir: Path, scribbles_dir: Path, out_dir: Path, config_p
             "--split, to select the model on held-out scribbles", len(pairs))
     record = {
         "command": shlex.join(["wsi-s2lcm"] + sys.argv[1:]),
-        "data": {"images": str(images_dir), "scribbles": str(scribbles_dir),
-                 "image_mpp": image_mpp, "train": train_stems, "validation": val_stems,
+        "data": {"images": [str(d) for d in images_dirs],
+                 "scribbles": [str(d) for d in scribbles_dirs],
+                 "image_mpp": image_mpp,
+                 "mpp_by_image": {stem: items[0].source_mpp for stem, items in loaded.items()},
+                 "train": train_stems, "validation": val_stems,
                  "split": str(split_path) if split_path else None},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    manifest = scribbles_dir / MANIFEST_FILE
-    if manifest.is_file():
-        generated = json.loads(manifest.read_text(encoding="utf-8"))
-        record["scribbles"] = {k: generated.get(k) for k in ("ratio", "seed", "masks")}
+    generated = {str(d): json.loads((d / MANIFEST_FILE).read_text(encoding="utf-8"))
+                 for d in scribbles_dirs if (d / MANIFEST_FILE).is_file()}
+    if generated:
+        record["scribbles"] = [{"folder": folder, **{k: g.get(k) for k in ("ratio", "seed", "masks")}}
+                               for folder, g in generated.items()]
     result = train_model(train_images, val_images, config, out_dir, device=device, resume=resume,
                          overwrite=overwrite, name=name, record=record, progress=progress)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))

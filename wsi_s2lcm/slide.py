@@ -198,18 +198,34 @@ class PyramidSlide:
         return f"{type(self).__name__}({self.path!r}, {width}x{height}, mpp={self.mpp:g})"
 
 
-def _resolve_mpp(path: str, file_mpp: float | None, mpp: float | None) -> tuple[float, str]:
-    """Return the mpp to use and where it came from ('file' or '--mpp')."""
+def _check_mpp(name: str, *values: float | None) -> None:
+    """Refuse a given mpp that is not a positive finite number."""
+    for value in values:
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise SlideError(f"{name}: --mpp must be a positive number of microns per pixel, got {value}")
+
+
+def _resolve_mpp(
+    path: str, file_mpp: float | None, mpp: float | None, default_mpp: float | None = None
+) -> tuple[float, str]:
+    """Return the mpp to use and where it came from ('file' or '--mpp').
+
+    ``mpp`` overrides the file's value; ``default_mpp`` is used only when the file records none.
+    """
     name = Path(path).name
+    _check_mpp(name, mpp, default_mpp)
     if mpp is not None:
-        if not mpp > 0 or not math.isfinite(mpp):
-            raise SlideError(f"{name}: --mpp must be a positive number of microns per pixel, got {mpp}")
         if file_mpp is not None and abs(mpp - file_mpp) > 0.05 * file_mpp:
             logger.warning("%s: --mpp %g overrides the file's %g microns per pixel", name, mpp, file_mpp)
         return float(mpp), "--mpp"
-    if file_mpp is None or not file_mpp > 0:
-        raise MissingMppError(f"{name}: the slide records no microns-per-pixel; {_MPP_HINT}")
-    return float(file_mpp), "file"
+    if file_mpp is not None and file_mpp > 0:
+        if default_mpp is not None and abs(default_mpp - file_mpp) > 0.05 * file_mpp:
+            logger.info("%s: read at the file's %g microns per pixel (--mpp %g is for images "
+                        "that record none)", name, file_mpp, default_mpp)
+        return float(file_mpp), "file"
+    if default_mpp is not None:
+        return float(default_mpp), "--mpp"
+    raise MissingMppError(f"{name}: the slide records no microns-per-pixel; {_MPP_HINT}")
 
 
 class ArraySlide(PyramidSlide):
@@ -278,7 +294,9 @@ class ImageSlide(ArraySlide):
 
     __reduce__ = PyramidSlide._reopen_args
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+    ) -> None:
         self.path = str(path)
         name = Path(path).name
         try:
@@ -295,7 +313,7 @@ class ImageSlide(ArraySlide):
                 "(e.g. vips tiffsave IN OUT --tile --pyramid --compression jpeg)"
             )
         self.dimensions = (width, height)
-        self.mpp, self.mpp_source = _resolve_mpp(self.path, file_mpp, mpp)
+        self.mpp, self.mpp_source = _resolve_mpp(self.path, file_mpp, mpp, default_mpp)
         self.level_dimensions = [self.dimensions]
         self.level_downsamples = [1.0]
         self._image: np.ndarray | None = None
@@ -321,7 +339,9 @@ class OpenSlideSlide(PyramidSlide):
 
     __reduce__ = PyramidSlide._reopen_args
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+    ) -> None:
         self.path = str(path)
         try:
             self._osr = openslide.OpenSlide(self.path)
@@ -335,7 +355,7 @@ class OpenSlideSlide(PyramidSlide):
                 if k in props]
         file_mpp = sum(mpps) / len(mpps) if mpps else None
         try:
-            self.mpp, self.mpp_source = _resolve_mpp(self.path, file_mpp, mpp)
+            self.mpp, self.mpp_source = _resolve_mpp(self.path, file_mpp, mpp, default_mpp)
         except SlideError:
             self._osr.close()
             raise
@@ -376,7 +396,9 @@ class TiaSlide(PyramidSlide):
 
     __reduce__ = PyramidSlide._reopen_args
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+    ) -> None:
         from tiatoolbox.wsicore.wsireader import WSIReader
 
         self.path = str(path)
@@ -389,7 +411,7 @@ class TiaSlide(PyramidSlide):
                 f"({exc}); give a whole-slide image or a TIFF/PNG/JPEG"
             ) from exc
         file_mpp = float(np.mean(meta.mpp)) if meta.mpp is not None else None
-        self.mpp, self.mpp_source = _resolve_mpp(self.path, file_mpp, mpp)
+        self.mpp, self.mpp_source = _resolve_mpp(self.path, file_mpp, mpp, default_mpp)
         self.dimensions = tuple(int(v) for v in meta.slide_dimensions)
         self.level_dimensions = [tuple(int(v) for v in dims) for dims in meta.level_dimensions]
         self.level_downsamples = [float(d) for d in meta.level_downsamples]
@@ -423,7 +445,9 @@ def _tiff_kind(path: Path) -> str:
         return "unreadable"
 
 
-def open_slide(path: str | Path, mpp: float | None = None) -> PyramidSlide:
+def open_slide(
+    path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+) -> PyramidSlide:
     """Open a slide or image, choosing the reader by content.
 
     Parameters
@@ -433,6 +457,8 @@ def open_slide(path: str | Path, mpp: float | None = None) -> PyramidSlide:
         tiatoolbox reads (OME-TIFF, DICOM, JP2...).
     mpp
         Level-0 microns per pixel; overrides the file's value. Required when the file has none.
+    default_mpp
+        Level-0 microns per pixel for a file that records none; a file's own value wins.
 
     Raises
     ------
@@ -441,8 +467,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> PyramidSlide:
     """
     path = Path(path)
     name = path.name
-    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
-        raise SlideError(f"{name}: --mpp must be a positive number of microns per pixel, got {mpp}")
+    _check_mpp(name, mpp, default_mpp)
     if not path.exists():
         raise SlideError(f"{path}: no such file; check the path")
     if path.is_dir():
@@ -454,15 +479,15 @@ def open_slide(path: str | Path, mpp: float | None = None) -> PyramidSlide:
     suffix = path.suffix.lower()
     tiff = _tiff_kind(path) if suffix in (".tif", ".tiff") else None
     if vendor is not None and tiff != "ome":
-        return OpenSlideSlide(path, mpp)
+        return OpenSlideSlide(path, mpp, default_mpp)
     if suffix in OPENSLIDE_SUFFIXES:
         raise SlideError(
             f"{name}: OpenSlide does not recognise it as a slide; the file may be truncated, "
             "corrupt or not a slide"
         )
     if suffix in PLAIN_IMAGE_SUFFIXES and tiff in (None, "plain", "unreadable"):
-        return ImageSlide(path, mpp)
-    return TiaSlide(path, mpp)
+        return ImageSlide(path, mpp, default_mpp)
+    return TiaSlide(path, mpp, default_mpp)
 
 
 def check_readable(slide: Slide, grid: int = 3, size: int = 64) -> None:

@@ -1,11 +1,12 @@
 """Training data: images paired with scribble files, resampled to the model's resolution.
 
 Images and scribble files are paired by file stem (``A.tif`` with ``A.geojson``). A plain image
-(PNG, JPEG, TIFF of at most :data:`MAX_PLAIN_PIXELS`) is read whole at ``image_mpp`` and resampled
-to the model's mpp; anything else is opened as a whole slide through
-:func:`wsi_s2lcm.slide.open_slide`, and only the regions of ``slide_region_size`` pixels (at the
-model's mpp) that hold scribbles are read. Scribbles are rasterized directly at the model's
-resolution, never resampled as label images.
+(PNG, JPEG, TIFF of at most :data:`MAX_PLAIN_PIXELS`) is read whole at the µm/px its file records
+(TIFF resolution tags) or, when it records none, at ``image_mpp``, and resampled to the model's
+mpp; anything else is opened as a whole slide through :func:`wsi_s2lcm.slide.open_slide`
+(``image_mpp`` again only for a slide that records none), and only the regions of
+``slide_region_size`` pixels (at the model's mpp) that hold scribbles are read. Scribbles are
+rasterized directly at the model's resolution, never resampled as label images.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shapely
 
 from wsi_s2lcm.errors import AnnotationError, ConfigError
 from wsi_s2lcm.qupath.imports import Scribble, read_scribbles
-from wsi_s2lcm.slide import open_slide, read_image_file
+from wsi_s2lcm.slide import ImageSlide, open_slide, read_image_file
 from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST
 from wsi_s2lcm.training.scribbles import (
     IGNORE, rasterize_nucleus_ids, rasterize_scribbles, scribble_target,
@@ -55,6 +56,8 @@ class TrainImage:
     nucleus_ids : np.ndarray or None
         ``(H, W)`` int32: each nucleus scribble painted with its own id (0 elsewhere), for
         calibrating the separation of touching nuclei (:mod:`wsi_s2lcm.training.calibrate`).
+    source_mpp : float or None
+        µm/px of the image file (level 0 of a slide) that ``image`` was resampled from.
     """
 
     key: str
@@ -62,6 +65,7 @@ class TrainImage:
     image: np.ndarray
     target: np.ndarray
     nucleus_ids: np.ndarray | None = None
+    source_mpp: float | None = None
 
 
 def file_stem(path: Path) -> str:
@@ -74,14 +78,17 @@ def file_stem(path: Path) -> str:
 
 
 def pair_files(
-    images_dir: str | Path, scribbles_dir: str | Path, stems: Iterable[str] | None = None
+    images_dirs: str | Path | Sequence[str | Path],
+    scribbles_dirs: str | Path | Sequence[str | Path],
+    stems: Iterable[str] | None = None,
 ) -> list[tuple[str, Path, Path]]:
     """Pair image files with scribble files by stem.
 
     Parameters
     ----------
-    images_dir, scribbles_dir
-        Folders of images (or slides) and of QuPath GeoJSON files.
+    images_dirs, scribbles_dirs
+        Folders (one or several) of images (or slides) and of QuPath GeoJSON files; a stem may
+        appear only once among the image folders and once among the scribble folders.
     stems
         Only these stems (all paired stems when ``None``); a listed stem without both files is an
         error.
@@ -93,43 +100,63 @@ def pair_files(
     Raises
     ------
     ConfigError
-        If a folder is missing, or nothing pairs up.
+        If a folder is missing, a stem is in two folders, or nothing pairs up.
     """
-    images_dir, scribbles_dir = Path(images_dir), Path(scribbles_dir)
-    for folder in (images_dir, scribbles_dir):
-        if not folder.is_dir():
-            raise ConfigError(f"{folder}: not a folder.")
-    images = {
-        file_stem(p): p
-        for p in sorted(images_dir.iterdir())
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES + SLIDE_SUFFIXES)
-    }
-    scribbles = {
-        file_stem(p): p
-        for p in sorted(scribbles_dir.iterdir())
-        if p.is_file()
-        and p.name.lower().endswith(SCRIBBLE_SUFFIXES)
-        and p.name != SCRIBBLE_MANIFEST
-    }
+    images = _files_by_stem(images_dirs, IMAGE_SUFFIXES + SLIDE_SUFFIXES, "image")
+    scribbles = _files_by_stem(scribbles_dirs, SCRIBBLE_SUFFIXES, "scribble")
+    images_text = _folders_text(images_dirs)
+    scribbles_text = _folders_text(scribbles_dirs)
     if stems is None:
         wanted = sorted(set(images) & set(scribbles))
         for stem in sorted(set(scribbles) - set(images)):
             logger.warning("%s: no image named %s.* in %s; skipped", scribbles[stem], stem,
-                           images_dir)
+                           images_text)
     else:
         wanted = sorted(set(stems))
         missing = [s for s in wanted if s not in images or s not in scribbles]
         if missing:
             raise ConfigError(
-                f"{len(missing)} listed image(s) lack an image in {images_dir} or a scribble file "
-                f"in {scribbles_dir} (first: {missing[0]}); check the split file."
+                f"{len(missing)} listed image(s) lack an image in {images_text} or a scribble "
+                f"file in {scribbles_text} (first: {missing[0]}); check the split file."
             )
     if not wanted:
         raise ConfigError(
-            f"no image in {images_dir} has a scribble file of the same name in {scribbles_dir} "
-            "(A.tif pairs with A.geojson)."
+            f"no image in {images_text} has a scribble file of the same name in "
+            f"{scribbles_text} (A.tif pairs with A.geojson)."
         )
     return [(stem, images[stem], scribbles[stem]) for stem in wanted]
+
+
+def _folder_list(folders: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(folders, (str, Path)):
+        return [Path(folders)]
+    return [Path(folder) for folder in folders]
+
+
+def _folders_text(folders: str | Path | Sequence[str | Path]) -> str:
+    return ", ".join(str(folder) for folder in _folder_list(folders))
+
+
+def _files_by_stem(
+    folders: str | Path | Sequence[str | Path], suffixes: tuple[str, ...], kind: str
+) -> dict[str, Path]:
+    """The files with one of ``suffixes`` in ``folders``, by stem; a stem twice is an error."""
+    found: dict[str, Path] = {}
+    for folder in _folder_list(folders):
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: not a folder.")
+        for path in sorted(folder.iterdir()):
+            if (not path.is_file() or not path.name.lower().endswith(suffixes)
+                    or path.name == SCRIBBLE_MANIFEST):
+                continue
+            stem = file_stem(path)
+            if stem in found:
+                raise ConfigError(
+                    f"two {kind} files named {stem}: {found[stem]} and {path}; rename one, "
+                    "since images and scribbles pair by name."
+                )
+            found[stem] = path
+    return found
 
 
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -168,16 +195,21 @@ def load_pair(
     stem, image_path, scribble_path
         One row of :func:`pair_files`.
     image_mpp
-        µm/px of the image (required for plain images; overrides a slide's metadata).
+        µm/px of an image whose file records none (plain MoNuSeg TIFFs, for example); a file's own
+        value is used when it has one.
     config
         A :class:`~wsi_s2lcm.training.config.TrainConfig`.
+
+    Raises
+    ------
+    MissingMppError
+        When the file records no µm/px and ``image_mpp`` is None.
     """
     scribbles = read_scribbles(scribble_path, config.nucleus_classes, config.background_classes)
     stroke = config.stroke_width_um / config.mpp
     if not _is_plain(image_path):
         return _load_slide_regions(stem, image_path, scribble_path, scribbles, image_mpp, config)
-    if image_mpp is None:
-        raise ConfigError(f"{image_path}: a plain image has no resolution; pass --mpp (µm/px).")
+    image_mpp = ImageSlide(image_path, default_mpp=image_mpp).mpp
     image = read_image_file(image_path)
     scale = config.mpp / image_mpp
     shape = (max(round(image.shape[0] / scale), 1), max(round(image.shape[1] / scale), 1))
@@ -185,7 +217,7 @@ def load_pair(
         scribbles, shape, image.shape[0] / shape[0], stroke, str(scribble_path)
     )
     ids = rasterize_nucleus_ids(scribbles, shape, image.shape[0] / shape[0], stroke_width=stroke)
-    return [TrainImage(stem, str(image_path), resample(image, shape), target, ids)]
+    return [TrainImage(stem, str(image_path), resample(image, shape), target, ids, image_mpp)]
 
 
 def _load_slide_regions(
@@ -193,7 +225,7 @@ def _load_slide_regions(
     mpp: float | None, config: object,
 ) -> list[TrainImage]:
     """The regions of a whole slide that hold scribbles, read at the model's mpp."""
-    slide = open_slide(path, mpp)
+    slide = open_slide(path, default_mpp=mpp)
     scale = config.mpp / slide.mpp
     width0, height0 = slide.dimensions
     bounds = shapely.box(0, 0, width0, height0)
@@ -222,7 +254,7 @@ def _load_slide_regions(
         if (target != IGNORE).any():
             image = np.asarray(slide.read(x, y, w, h, config.mpp), np.uint8)[..., :3]
             ids = rasterize_nucleus_ids(inside, (h, w), scale, (x * scale, y * scale), stroke)
-            regions.append(TrainImage(f"{stem}@{x},{y}", str(path), image, target, ids))
+            regions.append(TrainImage(f"{stem}@{x},{y}", str(path), image, target, ids, slide.mpp))
     if not regions:
         raise AnnotationError(f"{scribble_path}: no scribble pixel falls inside {path}.")
     logger.info("%s: %d region(s) of %d px around the scribbles", path, len(regions), size)

@@ -66,6 +66,15 @@ def plot_curves(directory: Path, records: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
+def recorded_folders(data: dict[str, Any], key: str) -> list[str]:
+    """The folders a training record's ``data`` names under ``key`` ("images" or "scribbles").
+
+    Records written before ``train`` took several folders hold one folder as a string.
+    """
+    value = data[key]
+    return [value] if isinstance(value, str) else list(value)
+
+
 def hardware() -> dict[str, Any]:
     """The machine, for the training record."""
     import torch
