@@ -175,8 +175,10 @@ def train_command(images_dirs: tuple[Path, ...], scribbles_dirs: tuple[Path, ...
     generated = {str(d): json.loads((d / MANIFEST_FILE).read_text(encoding="utf-8"))
                  for d in scribbles_dirs if (d / MANIFEST_FILE).is_file()}
     if generated:
-        record["scribbles"] = [{"folder": folder, **{k: g.get(k) for k in ("ratio", "seed", "masks")}}
-                               for folder, g in generated.items()]
+        record["scribbles"] = [
+            {"folder": folder, **{k: g.get(k) for k in ("ratio", "seed", "masks")}}
+            for folder, g in generated.items()
+        ]
     result = train_model(train_images, val_images, config, out_dir, device=device, resume=resume,
                          overwrite=overwrite, name=name, record=record, progress=progress)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
