@@ -78,8 +78,8 @@ def file_stem(path: Path) -> str:
 
 
 def pair_files(
-    images_dirs: str | Path | Sequence[str | Path],
-    scribbles_dirs: str | Path | Sequence[str | Path],
+    images_dirs: Sequence[Path],
+    scribbles_dirs: Sequence[Path],
     stems: Iterable[str] | None = None,
 ) -> list[tuple[str, Path, Path]]:
     """Pair image files with scribble files by stem.
@@ -87,8 +87,8 @@ def pair_files(
     Parameters
     ----------
     images_dirs, scribbles_dirs
-        Folders (one or several) of images (or slides) and of QuPath GeoJSON files; a stem may
-        appear only once among the image folders and once among the scribble folders.
+        Folders of images (or slides) and of QuPath GeoJSON files; a stem may appear only once
+        among the image folders and once among the scribble folders.
     stems
         Only these stems (all paired stems when ``None``); a listed stem without both files is an
         error.
@@ -104,8 +104,8 @@ def pair_files(
     """
     images = _files_by_stem(images_dirs, IMAGE_SUFFIXES + SLIDE_SUFFIXES, "image")
     scribbles = _files_by_stem(scribbles_dirs, SCRIBBLE_SUFFIXES, "scribble")
-    images_text = _folders_text(images_dirs)
-    scribbles_text = _folders_text(scribbles_dirs)
+    images_text = ", ".join(str(folder) for folder in images_dirs)
+    scribbles_text = ", ".join(str(folder) for folder in scribbles_dirs)
     if stems is None:
         wanted = sorted(set(images) & set(scribbles))
         for stem in sorted(set(scribbles) - set(images)):
@@ -127,22 +127,12 @@ def pair_files(
     return [(stem, images[stem], scribbles[stem]) for stem in wanted]
 
 
-def _folder_list(folders: str | Path | Sequence[str | Path]) -> list[Path]:
-    if isinstance(folders, (str, Path)):
-        return [Path(folders)]
-    return [Path(folder) for folder in folders]
-
-
-def _folders_text(folders: str | Path | Sequence[str | Path]) -> str:
-    return ", ".join(str(folder) for folder in _folder_list(folders))
-
-
 def _files_by_stem(
-    folders: str | Path | Sequence[str | Path], suffixes: tuple[str, ...], kind: str
+    folders: Sequence[Path], suffixes: tuple[str, ...], kind: str
 ) -> dict[str, Path]:
     """The files with one of ``suffixes`` in ``folders``, by stem; a stem twice is an error."""
     found: dict[str, Path] = {}
-    for folder in _folder_list(folders):
+    for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"{folder}: not a folder.")
         for path in sorted(folder.iterdir()):
