@@ -92,3 +92,21 @@ def test_half_precision_weights_predict_like_full_precision(tmp_path, untrained_
     a = TorchPredictor(full, device="cpu")(batch)
     b = TorchPredictor(half, device="cpu")(batch)
     assert np.abs(a - b).max() < 0.02
+
+
+def test_each_predictor_runs_with_its_own_thread_count(untrained_model):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        one = TorchPredictor(load_model(untrained_model), device="cpu", cpu_threads=1)
+        two = TorchPredictor(load_model(untrained_model), device="cpu", cpu_threads=2)
+        batch = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+        one(batch)
+        assert torch.get_num_threads() == 1
+        two(batch)
+        assert torch.get_num_threads() == 2
+        one(batch)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

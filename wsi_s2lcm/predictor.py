@@ -100,8 +100,10 @@ class TorchPredictor:
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
     cpu_threads
-        Torch threads for CPU inference in this process (``None``: torch's default). Workers
-        running side by side each get their share of the cores instead of all of them.
+        Torch threads for CPU inference (``None``: torch's setting as it stands). Workers
+        running side by side each get their share of the cores instead of all of them. Torch
+        keeps one thread count per process, so it is set before each call: predictors built
+        with different counts in one process each run with their own.
     """
 
     def __init__(self, model: Any, device: str = "auto", cpu_threads: int | None = None) -> None:
@@ -111,8 +113,7 @@ class TorchPredictor:
         self.mpp = float(model.card.mpp)
         self.device = torch.device(resolve_device(device))
         self.amp = self.device.type == "cuda"
-        if self.device.type == "cpu" and cpu_threads:
-            torch.set_num_threads(cpu_threads)
+        self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
         network = model.network.to(self.device).eval()
         if self.amp:
             network = network.to(memory_format=torch.channels_last)
@@ -128,6 +129,8 @@ class TorchPredictor:
 
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) RGB, got shape {batch.shape}")
+        if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
         height, width = batch.shape[1:3]
         padded = _pad_to_multiple(batch, _MULTIPLE)
         with torch.inference_mode():

@@ -190,7 +190,11 @@ def _resolve_fragments(
         return []
     from wsi_s2lcm.fragments import group_fragments, resolve_group
 
-    predictor = build_predictor(job.predictor)
+    spec = job.predictor
+    if isinstance(spec, ModelSpec) and spec.cpu_threads:
+        # The tiles are done: this pass, in the calling process, has every core to itself.
+        spec = dataclasses.replace(spec, cpu_threads=os.cpu_count() or 1)
+    predictor = build_predictor(spec)
     groups = group_fragments(fragments)
     logger.info("re-segmenting %d nuclei larger than the tile margin", len(groups))
     found = [resolve_group(group, slide, predictor, job, tiling) for group in groups]
