@@ -386,14 +386,18 @@ def ensure_model(table: Table, data: TableData, row: Row, out: Path, device: str
 
 def evaluate_model(model_dir: Path, data: TableData, out_dir: Path,
                    postprocess: PostprocessConfig, device: str) -> dict[str, Any]:
-    """Segment the validation images whole with a model and evaluate them on full labels."""
+    """Segment the validation images whole with a model and evaluate them on full labels.
+
+    Float16 autocast on CUDA, float32 on the CPU (never bfloat16): every CPU row of the table is
+    computed alike, whatever the CPU.
+    """
     predictions = out_dir / "predictions"
     started = time.perf_counter()
     for stem in data.val_stems:
         segment_slide(data.image_path(stem), predictions, model=model_dir,
                       mpp=data.recipe["image_mpp"], tiling=TilingConfig(tissue_mask=False),
                       export=ExportConfig(labels=False, overlay=False, overwrite=True),
-                      postprocess=postprocess, device=device)
+                      postprocess=postprocess, device=device, amp=device.startswith("cuda"))
     seconds = round(time.perf_counter() - started, 1)
     result = evaluate_dirs(predictions, data.labels_dir, out_csv=out_dir / "validation.csv")
     return {"mean": {k: float(result.mean[k]) for k in METRICS}, "per_image": result.rows,

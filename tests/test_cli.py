@@ -125,10 +125,12 @@ def test_postprocess_values_override_the_card(tmp_path, monuseg_dir, untrained_m
     image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
     args = ["segment", str(image), "--out", str(tmp_path), "--mpp", "0.25", "--model",
             str(untrained_model), "--workers", "0", "--tile-size", "256", "-q",
-            "--postprocess", "min_hematoxylin_contrast=0", "--postprocess", "h_um=1.5"]
+            "--postprocess", "min_hematoxylin_contrast=0", "--postprocess", "h_um=1.5",
+            "--no-amp"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "TCGA-18-5592-01Z-00-DX1.json").read_text())
+    assert "amp=False" in summary["config"]["predictor"]
     used = summary["config"]["postprocess"]
     assert used["min_hematoxylin_contrast"] == 0.0
     assert used["h_um"] == 1.5

@@ -110,3 +110,34 @@ def test_each_predictor_runs_with_its_own_thread_count(untrained_model):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
+    from wsi_s2lcm.predictor import cpu_computes_bfloat16, resolve_amp
+
+    def cpuinfo(flags: str):
+        path = tmp_path / f"cpuinfo-{len(flags)}"
+        path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\nbugs\t\t: spectre\n")
+        return path
+
+    assert cpu_computes_bfloat16(cpuinfo("avx2 avx512f amx_bf16 amx_tile"))
+    assert cpu_computes_bfloat16(cpuinfo("avx512f avx512_bf16"))
+    assert not cpu_computes_bfloat16(cpuinfo("avx2 avx512f avx512_vnni"))
+    assert not cpu_computes_bfloat16(tmp_path / "missing")
+    assert resolve_amp("cuda:0", None) and resolve_amp("cpu", True)
+    assert not resolve_amp("cuda", False)
+
+
+def test_bfloat16_predicts_like_float32_on_a_real_image(monuseg_dir):
+    import tifffile
+
+    image = tifffile.imread(monuseg_dir / "images" / "TCGA-21-5786-01Z-00-DX1.tif")[:512, :512]
+    model = load_model()
+    full = TorchPredictor(model, device="cpu", amp=False)
+    mixed = TorchPredictor(model, device="cpu", amp=True)
+    assert (full.precision, mixed.precision) == ("float32", "bfloat16")
+    p32, p16 = full(image[None])[0], mixed(image[None])[0]
+    assert not np.array_equal(p32, p16), "bfloat16 should round somewhere"
+    # Measured on the 6 validation images: at most 0.016 apart, 0.07 % of pixels flipped.
+    assert np.abs(p32 - p16).max() < 0.05
+    assert np.mean((p32 > 0.5) != (p16 > 0.5)) < 0.002

@@ -71,6 +71,9 @@ def main() -> None:
               help="Extra pixels the network sees around each tile (multiple of 16).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=None,
+              help="Mixed precision: float16 on CUDA, bfloat16 on the CPU. Default: on with CUDA "
+                   "and on CPUs with bfloat16 instructions (AMX, AVX512-BF16), off elsewhere.")
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Local Dask worker threads (0: run in this thread).")
 @click.option("--processes", is_flag=True, help="Local Dask workers are processes, not threads.")
@@ -96,6 +99,7 @@ def segment_command(
     context: int,
     batch_size: int,
     device: str,
+    amp: bool | None,
     workers: int,
     processes: bool,
     scheduler: str | None,
@@ -147,6 +151,7 @@ def segment_command(
                 postprocess=postprocess,
                 export=export,
                 device=device,
+                amp=amp,
                 dispatcher=dispatcher,
                 progress=show_progress(),
             )

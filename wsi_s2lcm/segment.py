@@ -21,7 +21,13 @@ from typing import Any, Iterator
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.errors import OutputExistsError
 from wsi_s2lcm.outputs import OutputPaths, RunOutputs
-from wsi_s2lcm.predictor import ModelSpec, PredictorSpec, build_predictor
+from wsi_s2lcm.predictor import (
+    ModelSpec,
+    PredictorSpec,
+    build_predictor,
+    resolve_amp,
+    resolve_device,
+)
 from wsi_s2lcm.tile_task import Fragment, TileJob, TileResult, process_tiles
 from wsi_s2lcm.tiling import Tile, model_size, tile_grid
 
@@ -38,6 +44,7 @@ def segment_slide(
     export: ExportConfig = ExportConfig(),
     postprocess: PostprocessConfig | None = None,
     device: str = "auto",
+    amp: bool | None = None,
     dispatcher: Any = None,
     predictor_spec: PredictorSpec | None = None,
     progress: bool = False,
@@ -60,6 +67,10 @@ def segment_slide(
         Overrides the model card's post-processing.
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:i``.
+    amp
+        Mixed precision (float16 on CUDA, bfloat16 on the CPU); ``None`` decides on the machine
+        that calls this: on with CUDA or a CPU with bfloat16 instructions
+        (:func:`wsi_s2lcm.predictor.resolve_amp`). The summary records the choice.
     dispatcher
         A :class:`wsi_s2lcm.dispatch.Dispatcher`; tasks run in the calling thread when ``None``.
     predictor_spec
@@ -94,7 +105,8 @@ def segment_slide(
         card = read_card(model_dir)
     workers = dispatcher.workers if dispatcher is not None else 1
     spec = predictor_spec or ModelSpec(
-        str(model_dir), device, cpu_threads=max(1, (os.cpu_count() or 1) // workers)
+        str(model_dir), device, cpu_threads=max(1, (os.cpu_count() or 1) // workers),
+        amp=resolve_amp(resolve_device(device), amp),
     )
     model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
     post = postprocess or PostprocessConfig(**(card.postprocess if card else {}))
