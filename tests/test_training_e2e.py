@@ -16,6 +16,7 @@ from wsi_s2lcm.cli import main
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
 from wsi_s2lcm.models import load_model, read_card, resolve_model
+from wsi_s2lcm.predictor import cpu_computes_bfloat16
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.config import TrainConfig, load_train_config, with_defaults
 from wsi_s2lcm.training.evaluate import normalize
@@ -66,6 +67,8 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     card = loaded.card
     assert card.name == "tiny-model"
     assert card.mpp == 0.5 and card.licence == "test licence"
+    assert card.training["hardware"]["precision"] == (
+        "bfloat16" if cpu_computes_bfloat16() else "float32")
     assert card.normalization["mean"] == [0.485, 0.456, 0.406]
     assert [g["ratio"] for g in card.training["scribbles"]] == [0.3]
     assert card.training["config"]["epochs"] == 3
@@ -179,11 +182,13 @@ def test_a_config_recorded_before_a_value_existed_reads_it_at_its_default(data, 
     state_path = tmp_path / "model" / "train_state" / "state.pt"
     state = torch.load(state_path, weights_only=True)
     del state["config"]["separation_heights_um"]
+    del state["run"]["amp"]  # states saved before bfloat16 on the CPU: they ran in float32
     assert with_defaults(state["config"]) == load_train_config(data / "tiny.yaml", {
         "epochs": 1, "mpp": 0.5, "validation_fraction": 0.5}).to_dict()
     torch.save(state, state_path)
     resumed = _train(data, tmp_path / "model", "--resume", "--epochs", "2")
     assert resumed.exit_code == 0, resumed.output
+    assert read_card(tmp_path / "model" / "last").training["hardware"]["precision"] == "float32"
 
 
 def test_unknown_config_key_is_refused(tmp_path):

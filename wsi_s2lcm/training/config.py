@@ -135,7 +135,9 @@ class TrainConfig:
         H&E stain augmentation: each Ruifrok H, E, D concentration scaled by U(1 +- alpha) and
         shifted by U(+- beta) (Tellez et al. "HED-light"). [inferred]
     amp : bool
-        Mixed precision on CUDA (ignored on CPU).
+        Mixed precision: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions
+        (:func:`wsi_s2lcm.predictor.cpu_computes_bfloat16`); float32 on other CPUs. A resumed
+        run keeps the precision it started in.
     seed : int
         Seed of everything random.
     licence : str

@@ -31,6 +31,13 @@ def normalize(rgb: np.ndarray) -> torch.Tensor:
     return (tensor - mean) / std
 
 
+def autocast(device: str, enabled: bool) -> torch.autocast:
+    """Mixed precision for ``device``: float16 on CUDA, bfloat16 on the CPU, off when not enabled."""
+    on_cuda = device.startswith("cuda")
+    return torch.autocast("cuda" if on_cuda else "cpu",
+                          dtype=torch.float16 if on_cuda else torch.bfloat16, enabled=enabled)
+
+
 def predict_probability(
     network: torch.nn.Module, image: np.ndarray, device: str = "cpu", amp: bool = False
 ) -> np.ndarray:
@@ -46,10 +53,9 @@ def predict_probability(
     if pad_y or pad_x:
         mode = "reflect" if pad_y < height and pad_x < width else "replicate"
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
-    with torch.inference_mode(), torch.autocast(
-        device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")
-    ):
-        logits = network(x.to(device))
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, amp):
+        logits = network(x)
     network.train(was_training)
     probability = torch.softmax(logits.float(), dim=1)[0, 1, :height, :width]
     return probability.cpu().numpy()

@@ -32,13 +32,14 @@ import wsi_s2lcm
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
 from wsi_s2lcm.models import ModelCard, save_model
 from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
+from wsi_s2lcm.predictor import resolve_amp
 from wsi_s2lcm.training import losses
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.calibrate import calibrate_model
 from wsi_s2lcm.training.config import TrainConfig, with_defaults
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import (
-    IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
+    IMAGENET_MEAN, IMAGENET_STD, autocast, normalize, predict_probability, scribble_metrics,
 )
 from wsi_s2lcm.training.pseudo import IGNORE, EmaMaps, pseudo_labels
 from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
@@ -73,6 +74,7 @@ def train_model(
     name: str | None = None,
     record: dict[str, Any] | None = None,
     progress: bool | None = None,
+    mixed_precision: bool | None = None,
 ) -> TrainResult:
     """Train a model from scribbles and write its model directory.
 
@@ -97,6 +99,10 @@ def train_model(
         Extra training record for the card (command line, data, scribble ratio...).
     progress
         Draw a progress bar per epoch; ``None``: when stderr is a terminal.
+    mixed_precision
+        Overrides ``config.amp`` for a new run (a resumed run keeps the precision it started
+        in); ``None``: ``config.amp`` where it is fast (CUDA, or a CPU with bfloat16
+        instructions).
 
     Returns
     -------
@@ -111,14 +117,14 @@ def train_model(
     if not resume and not overwrite and (out_dir / "card.json").exists():
         raise OutputExistsError(f"{out_dir}: a model exists; pass --resume or --overwrite.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    amp = config.amp and device.startswith("cuda")
+    on_cuda = device.startswith("cuda")
     torch.manual_seed(config.seed)
     network = build_network(config.architecture())
     if config.init_model and not resume:
         _load_initial_weights(network, config.init_model)
-    network = network.to(device)
+    network = network.to(device).to(memory_format=torch.channels_last)
     optimizer = _optimizer(network, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and on_cuda)
     ema = EmaMaps(config.ema_alpha, config.pseudo_threshold, config.ema_init)
     run = {"epoch": 0, "best": float("inf"), "best_epoch": -1, "best_metrics": {},
            "seconds": 0.0}
@@ -127,6 +133,13 @@ def train_model(
         _load_state(state_path, config, network, optimizer, scaler, ema, run)
         history = [r for r in read_log(out_dir) if r["epoch"] <= run["epoch"]]
         logger.info("resuming %s at epoch %d", out_dir, run["epoch"] + 1)
+        # A run continues in the precision it started in; states saved before bfloat16 on the
+        # CPU existed record none and ran in float32 there.
+        run.setdefault("amp", config.amp and on_cuda)
+    else:
+        run["amp"] = resolve_amp(device, mixed_precision) if config.amp else False
+    amp = bool(run["amp"])
+    logger.info("training on %s in %s", device, precision_name(device, amp))
     context = _Context(network, config, device, amp, name or out_dir.resolve().name,
                        dict(record or {}), [t.key for t in val_images],
                        sys.stderr.isatty() if progress is None else progress,
@@ -174,6 +187,13 @@ class _Context:
     val_keys: list
     progress: bool
     postprocess: dict
+
+
+def precision_name(device: str, amp: bool) -> str:
+    """The floating-point type the network computes in: float16, bfloat16 or float32."""
+    if not amp:
+        return "float32"
+    return "float16" if device.startswith("cuda") else "bfloat16"
 
 
 def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -233,8 +253,9 @@ def _train_epoch(context, images, ema, optimizer, scaler, epoch) -> dict[str, An
     step_started = time.time()
     for step, batch in enumerate(bar):
         x, scribbles, pseudo = _make_batch(images, batch, ema, config, rng, use_prior=not warm)
-        x, scribbles = x.to(context.device), scribbles.to(context.device)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=context.amp):
+        x = x.to(context.device).contiguous(memory_format=torch.channels_last)
+        scribbles = scribbles.to(context.device)
+        with autocast(context.device, context.amp):
             logits, features = network.forward_features(x)
             terms = _loss_terms(network, logits, features, scribbles, pseudo, config, generator,
                                 warm)
@@ -428,7 +449,8 @@ def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
         "epochs_planned": config.epochs,
         "training_seconds": round(run["seconds"], 1),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hardware": {**hardware(), "device": context.device, "amp": context.amp},
+        "hardware": {**hardware(), "device": context.device, "amp": context.amp,
+                     "precision": precision_name(context.device, context.amp)},
     }
     selection = (f"lowest {SELECT_METRIC} on held-out scribbles" if context.val_keys
                  else "latest epoch (no held-out images)")
