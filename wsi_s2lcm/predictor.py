@@ -119,6 +119,22 @@ def resolve_amp(device: str, amp: bool | None) -> bool:
     return device.startswith("cuda") or cpu_computes_bfloat16()
 
 
+def precision_name(device: str, amp: bool) -> str:
+    """The floating-point type a network computes in on ``device``: float16, bfloat16 or float32."""
+    if not amp:
+        return "float32"
+    return "float16" if device.startswith("cuda") else "bfloat16"
+
+
+def autocast(device: str, enabled: bool) -> Any:
+    """``torch.autocast`` for ``device``: float16 on CUDA, bfloat16 on the CPU; off unless enabled."""
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    return torch.autocast("cuda" if on_cuda else "cpu",
+                          dtype=torch.float16 if on_cuda else torch.bfloat16, enabled=enabled)
+
+
 class TorchPredictor:
     """Runs a loaded model on batches, channels-last, in mixed precision where it is fast.
 
@@ -153,15 +169,13 @@ class TorchPredictor:
         self.card = model.card
         self.mpp = float(model.card.mpp)
         self.device = torch.device(resolve_device(device))
-        on_cuda = self.device.type == "cuda"
         self.amp = resolve_amp(self.device.type, amp)
-        self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
-        self.cpu_threads = None if on_cuda else cpu_threads
+        self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
         self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
         norm = model.card.normalization
         self._mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device)
         self._std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device)
-        self.precision = str(self.amp_dtype).removeprefix("torch.") if self.amp else "float32"
+        self.precision = precision_name(self.device.type, self.amp)
         logger.info("model %s on %s (%s)", model.card.name, self.device, self.precision)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -180,7 +194,7 @@ class TorchPredictor:
                 :, None, None
             ]
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            with autocast(self.device.type, self.amp):
                 logits = self.network(x)
             probability = torch.softmax(logits.float(), dim=1)[:, 1]
         return probability[:, :height, :width].cpu().numpy().astype(np.float32)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsi_s2lcm.predictor import autocast
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE = 255
@@ -29,13 +31,6 @@ def normalize(rgb: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (tensor - mean) / std
-
-
-def autocast(device: str, enabled: bool) -> torch.autocast:
-    """Mixed precision for ``device``: float16 on CUDA, bfloat16 on the CPU, off when not enabled."""
-    on_cuda = device.startswith("cuda")
-    return torch.autocast("cuda" if on_cuda else "cpu",
-                          dtype=torch.float16 if on_cuda else torch.bfloat16, enabled=enabled)
 
 
 def predict_probability(

@@ -32,14 +32,14 @@ import wsi_s2lcm
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
 from wsi_s2lcm.models import ModelCard, save_model
 from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
-from wsi_s2lcm.predictor import resolve_amp
+from wsi_s2lcm.predictor import autocast, precision_name, resolve_amp
 from wsi_s2lcm.training import losses
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.calibrate import calibrate_model
 from wsi_s2lcm.training.config import TrainConfig, with_defaults
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import (
-    IMAGENET_MEAN, IMAGENET_STD, autocast, normalize, predict_probability, scribble_metrics,
+    IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
 )
 from wsi_s2lcm.training.pseudo import IGNORE, EmaMaps, pseudo_labels
 from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
@@ -187,13 +187,6 @@ class _Context:
     val_keys: list
     progress: bool
     postprocess: dict
-
-
-def precision_name(device: str, amp: bool) -> str:
-    """The floating-point type the network computes in: float16, bfloat16 or float32."""
-    if not amp:
-        return "float32"
-    return "float16" if device.startswith("cuda") else "bfloat16"
 
 
 def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
