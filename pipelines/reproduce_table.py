@@ -340,10 +340,8 @@ def train_stage(out_dir: Path, config: TrainConfig, images: Callable[[], tuple[l
     logger.info("%s: %s %d epochs on %d images", out_dir, "resuming" if resume else "training",
                 config.epochs, len(train))
     started = time.perf_counter()
-    # Float32 on the CPU, float16 on CUDA, as every row so far: no bfloat16 in the table.
     result = train_model(train, val, config, out_dir, device=device, resume=resume,
-                         overwrite=not resume, name=out_dir.name, record=record, progress=False,
-                         mixed_precision=device.startswith("cuda"))
+                         overwrite=not resume, name=out_dir.name, record=record, progress=False)
     card = read_card(out_dir / LAST_DIR)
     done = {"config": config.to_dict(), "train_seconds": card.training["training_seconds"],
             "wall_seconds_last_call": round(time.perf_counter() - started, 1), "resumed": resume,

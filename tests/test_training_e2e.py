@@ -16,7 +16,6 @@ from wsi_s2lcm.cli import main
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
 from wsi_s2lcm.models import load_model, read_card, resolve_model
-from wsi_s2lcm.predictor import cpu_computes_bfloat16
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.config import TrainConfig, load_train_config, with_defaults
 from wsi_s2lcm.training.evaluate import normalize
@@ -67,8 +66,7 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     card = loaded.card
     assert card.name == "tiny-model"
     assert card.mpp == 0.5 and card.licence == "test licence"
-    assert card.training["hardware"]["precision"] == (
-        "bfloat16" if cpu_computes_bfloat16() else "float32")
+    assert card.training["hardware"]["precision"] == "float32"
     assert card.normalization["mean"] == [0.485, 0.456, 0.406]
     assert [g["ratio"] for g in card.training["scribbles"]] == [0.3]
     assert card.training["config"]["epochs"] == 3
@@ -168,6 +166,16 @@ def test_plain_image_reads_its_recorded_resolution_before_mpp(data, tmp_path):
     assert item.source_mpp == 0.25 and item.image.shape == (500, 500, 3)
     with pytest.raises(MissingMppError, match="--mpp"):
         load_pair(STEMS[0], data / "images" / f"{STEMS[0]}.tif", scribbles, None, config)
+
+
+def test_cpu_bfloat16_trains_in_bfloat16_and_records_it(data, tmp_path):
+    config = tmp_path / "bf16.yaml"
+    config.write_text(TINY + "cpu_bfloat16: true\n", encoding="utf-8")
+    result = _train(data, tmp_path / "model", "--epochs", "1", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    card = read_card(tmp_path / "model" / "last")
+    assert card.training["hardware"]["precision"] == "bfloat16"
+    assert card.training["config"]["cpu_bfloat16"] is True
 
 
 def test_existing_model_is_not_overwritten_silently(data, tmp_path):

@@ -135,9 +135,12 @@ class TrainConfig:
         H&E stain augmentation: each Ruifrok H, E, D concentration scaled by U(1 +- alpha) and
         shifted by U(+- beta) (Tellez et al. "HED-light"). [inferred]
     amp : bool
-        Mixed precision: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions
-        (:func:`wsi_s2lcm.predictor.cpu_computes_bfloat16`); float32 on other CPUs. A resumed
-        run keeps the precision it started in.
+        Mixed precision (float16) on CUDA.
+    cpu_bfloat16 : bool
+        bfloat16 autocast on the CPU: faster on CPUs with bfloat16 instructions
+        (:func:`wsi_s2lcm.predictor.cpu_computes_bfloat16`), emulated and slow on others. Off by
+        default until a bfloat16-trained model is shown to segment as well (docs/TRAINING.md).
+        A resumed run keeps the precision it started in.
     seed : int
         Seed of everything random.
     licence : str
@@ -199,6 +202,7 @@ class TrainConfig:
     stain_alpha: float = 0.05
     stain_beta: float = 0.05
     amp: bool = True
+    cpu_bfloat16: bool = False
     seed: int = 0
     licence: str = ""
 

@@ -32,7 +32,7 @@ import wsi_s2lcm
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
 from wsi_s2lcm.models import ModelCard, save_model
 from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
-from wsi_s2lcm.predictor import autocast, precision_name, resolve_amp
+from wsi_s2lcm.predictor import autocast, precision_name
 from wsi_s2lcm.training import losses
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.calibrate import calibrate_model
@@ -74,7 +74,6 @@ def train_model(
     name: str | None = None,
     record: dict[str, Any] | None = None,
     progress: bool | None = None,
-    mixed_precision: bool | None = None,
 ) -> TrainResult:
     """Train a model from scribbles and write its model directory.
 
@@ -99,10 +98,6 @@ def train_model(
         Extra training record for the card (command line, data, scribble ratio...).
     progress
         Draw a progress bar per epoch; ``None``: when stderr is a terminal.
-    mixed_precision
-        Overrides ``config.amp`` for a new run (a resumed run keeps the precision it started
-        in); ``None``: ``config.amp`` where it is fast (CUDA, or a CPU with bfloat16
-        instructions).
 
     Returns
     -------
@@ -137,7 +132,7 @@ def train_model(
         # CPU existed record none and ran in float32 there.
         run.setdefault("amp", config.amp and on_cuda)
     else:
-        run["amp"] = resolve_amp(device, mixed_precision) if config.amp else False
+        run["amp"] = config.amp if on_cuda else config.cpu_bfloat16
     amp = bool(run["amp"])
     logger.info("training on %s in %s", device, precision_name(device, amp))
     context = _Context(network, config, device, amp, name or out_dir.resolve().name,
