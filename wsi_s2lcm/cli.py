@@ -2,7 +2,7 @@
 
 Each command parses its options, builds the configs, calls one library function and maps errors
 to exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line, no traceback),
-3 a batch finished with some inputs failed. Logging is configured here and only here.
+130 interrupted (Ctrl-C). Logging is configured by :mod:`wsi_s2lcm.cli_options`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def main() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory; files are named after each slide's stem.")
 @click.option("--mpp", type=float, default=None,
-              help="The slides' µm per pixel, for files that do not record it.")
+              help="The slides' µm per pixel at level 0; required for files that record none, "
+                   "and overrides the value of those that do.")
 @click.option("--model", default=None, help="Shipped model name or model directory [default model].")
 @click.option("--tile-size", type=int, default=768, show_default=True,
               help="Tile side in pixels at the model's resolution (multiple of 32).")
@@ -187,7 +188,7 @@ def models_command(as_json: bool) -> None:
 
 @main.command("info")
 @click.argument("slide", type=click.Path(path_type=Path))
-@click.option("--mpp", type=float, default=None, help="µm per pixel, for files without it.")
+@click.option("--mpp", type=float, default=None, help="µm per pixel at level 0; overrides the file's value.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @verbosity_options
 def info_command(slide: Path, mpp: float | None, as_json: bool) -> None:

@@ -1,7 +1,7 @@
 """Write the fine-tuning example's scribbles for the demo slide (examples/finetune/README.md).
 
 The scribbles stand in for what a user draws in QuPath on the top part of
-``examples/CMU-1-Small-Region.svs`` (level-0 y < 1400); the bottom part (y >= 1500) is kept for
+``examples/CMU-1-Small-Region.svs`` (level-0 y < 1400); the bottom part (y >= 1550) is kept for
 judging the result.
 
 - Background: polylines placed by hand, from zoomed views, on what the default model outlines as
