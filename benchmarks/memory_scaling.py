@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi-s2lcm-bench"))
     parser.add_argument("--model", default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 (default: mixed precision where the hardware has it)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -71,7 +73,8 @@ def main() -> None:
         if not slide.exists():
             build(slide, size, SOURCE, mpp=0.5, source_mpp=None, quality=90)
         started = time.perf_counter()
-        figures = measure(slide, args.workdir / "out", args.model, ["--workers", str(args.workers)])
+        options = ["--workers", str(args.workers), *(["--no-amp"] if args.no_amp else [])]
+        figures = measure(slide, args.workdir / "out", args.model, options)
         figures["size"] = size
         rows.append(figures)
         _say(f"{size}: {figures} ({time.perf_counter() - started:.0f} s)")

@@ -62,14 +62,17 @@ def main() -> None:
     """Measure and print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/wsi-s2lcm-seams"))
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 (default: mixed precision where the hardware has it)")
     args = parser.parse_args()
+    amp = False if args.no_amp else None
     slide = ROOT / "examples" / "CMU-1-Small-Region.svs"
     figures: dict = {}
     runs = {}
     for size in (256, 1024):
         out = args.out / f"tile{size}"
         summary = segment_slide(slide, out, tiling=TilingConfig(tile_size=size),
-                                export=ExportConfig(overlay=False, overwrite=True))
+                                export=ExportConfig(overlay=False, overwrite=True), amp=amp)
         runs[size] = labels_of(out / "CMU-1-Small-Region.zarr")
         figures[f"cmu_tile{size}"] = {
             "nuclei": summary["nuclei"],
@@ -85,14 +88,14 @@ def main() -> None:
     model = load_model()
     mpp = model.card.mpp
     size = round(1000 * 0.25 / mpp)  # the 1000 x 1000 MoNuSeg images at the model's mpp
-    predictor = TorchPredictor(model, device="cpu")
+    predictor = TorchPredictor(model, device="cpu", amp=amp)
     post = PostprocessConfig(**model.card.postprocess)
     tiling = TilingConfig(tile_size=256, overlap=96, tissue_mask=False)
     rows = []
     for image in sorted(MONUSEG.glob("*.tif"))[:6]:
         out = args.out / "monuseg"
         segment_slide(image, out, mpp=0.25, tiling=tiling,
-                      export=ExportConfig(overlay=False, overwrite=True))
+                      export=ExportConfig(overlay=False, overwrite=True), amp=amp)
         tiled = labels_of(out / f"{image.stem}.zarr")
         margin = tiling.margin
         with open_slide(image, mpp=0.25) as source:

@@ -35,11 +35,15 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/wsi-s2lcm-throughput"))
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 (default: mixed precision where the hardware has it)")
     args = parser.parse_args()
+    precision = ["--no-amp"] if args.no_amp else []
     lines = ["| setting | wall s | tiles | nuclei | model Mpx/s | predict s (sum) | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for name, options in SETTINGS.items():
-        runs = [measure(args.slide, args.out, args.model, options) for _ in range(args.repeat)]
+        runs = [measure(args.slide, args.out, args.model, [*options, *precision])
+                for _ in range(args.repeat)]
         best = min(runs, key=lambda run: run["seconds"])
         width, height = best["model_px"]
         lines.append(
