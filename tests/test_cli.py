@@ -156,3 +156,23 @@ def test_bad_postprocess_values_exit_2(tmp_path, monuseg_dir, untrained_model, v
 def test_parse_assignments_types_values():
     assert parse_assignments(("a=0.5", "b=true", "c=text", "a=2"), "--x") == {
         "a": 2, "b": True, "c": "text"}
+
+
+@pytest.mark.parametrize("failing", ["wsi_s2lcm.overlay.Overlay.save",
+                                     "wsi_s2lcm.store.LabelStore.create",
+                                     "wsi_s2lcm.segment._write_json"])
+def test_a_failure_while_writing_outputs_leaves_none(tmp_path, monuseg_dir, untrained_model,
+                                                     monkeypatch, failing):
+    """Outputs are all or none: a step failing after others were renamed into place removes them."""
+    from wsi_s2lcm.config import ExportConfig, TilingConfig
+    from wsi_s2lcm.segment import segment_slide
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(failing, disk_full)
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    with pytest.raises(OSError, match="No space left"):
+        segment_slide(image, tmp_path / "out", model=str(untrained_model), mpp=0.25,
+                      tiling=TilingConfig(tile_size=256), export=ExportConfig())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -8,6 +8,7 @@ together, so a failed run leaves no partial output.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,7 @@ class RunOutputs:
         post: PostprocessConfig,
         tissue: Any,
     ) -> None:
-        from wsi_s2lcm.overlay import Overlay
         from wsi_s2lcm.qupath.export import GeoJSONWriter
-        from wsi_s2lcm.store import LabelStore
 
         self.paths = paths
         self.export = export
@@ -84,8 +83,21 @@ class RunOutputs:
         self.outside_tissue = 0
         self._tissue = tissue
         self._next_label = 1
+        self._finished: list[Path] = []
+        self._store = None
+        self._overlay = None
         self._geojson = GeoJSONWriter(paths.geojson, compress=export.format.endswith(".gz"))
         self._geojson.open()
+        try:
+            self._open_store_and_overlay(paths, export, job, tiling, slide, card, post)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open_store_and_overlay(self, paths, export, job, tiling, slide, card, post) -> None:
+        from wsi_s2lcm.overlay import Overlay
+        from wsi_s2lcm.store import LabelStore
+
         attrs = {
             "mpp": job.model_mpp,
             "level0_mpp": job.level0_mpp,
@@ -106,7 +118,6 @@ class RunOutputs:
             attrs=attrs,
             overwrite=export.overwrite or not export.labels,
         )
-        self._overlay = None
         if export.overlay:
             thumbnail, level0_per_px = slide.thumbnail(2048)
             self._overlay = Overlay(thumbnail, level0_per_px)
@@ -171,16 +182,33 @@ class RunOutputs:
         return kept.tolist()
 
     def finish(self) -> None:
-        """Rename every output into place (the scratch label store is removed)."""
-        self._geojson.close()
-        if self.export.labels:
-            self._store.finalize()
-        else:
-            self._store.abort()
-        if self._overlay is not None:
-            self._overlay.save(self.paths.overlay)
+        """Rename every output into place (the scratch label store is removed): all or none.
+
+        Should one step fail, the outputs already renamed are removed again (:meth:`abort`).
+        """
+        try:
+            self._geojson.close()
+            self._finished.append(self.paths.geojson)
+            if self.export.labels:
+                self._store.finalize()
+                self._finished.append(self.paths.labels)
+            else:
+                self._store.abort()
+            if self._overlay is not None:
+                self._overlay.save(self.paths.overlay)
+                self._finished.append(self.paths.overlay)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        """Remove every partial output."""
+        """Remove every partial output, and the outputs this run renamed into place already."""
         self._geojson.abort()
-        self._store.abort()
+        if self._store is not None:
+            self._store.abort()
+        for path in self._finished:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        self._finished.clear()

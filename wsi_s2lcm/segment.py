@@ -98,43 +98,43 @@ def segment_slide(
             f"{existing[0]}: output exists already; pass --overwrite to replace it."
         )
     slide = open_slide(slide_path, mpp=mpp)
-    check_readable(slide)
-    card = None
-    if predictor_spec is None or model is not None:
-        model_dir = resolve_model(model)
-        card = read_card(model_dir)
-    workers = dispatcher.workers if dispatcher is not None else 1
-    spec = predictor_spec or ModelSpec(
-        str(model_dir), device, cpu_threads=max(1, (os.cpu_count() or 1) // workers),
-        amp=resolve_amp(resolve_device(device), amp),
-    )
-    model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
-    post = postprocess or PostprocessConfig(**(card.postprocess if card else {}))
-    width, height = model_size(slide.dimensions, slide.mpp, model_mpp)
-    job = TileJob(
-        slide_path=str(slide_path),
-        slide_mpp=mpp,
-        model_mpp=model_mpp,
-        level0_mpp=slide.mpp,
-        width=width,
-        height=height,
-        predictor=spec,
-        postprocess=post,
-        context=tiling.context,
-    )
-
-    tissue = tissue_mask(slide) if tiling.tissue_mask else None
-    tiles = [t for t in tile_grid(width, height, tiling) if _has_tissue(t, tissue, job.scale)]
-    timings["plan"] = time.perf_counter() - started
-    logger.info(
-        "%s: %d x %d px at %.3f µm/px -> %d x %d at %.3f, %d tiles with tissue",
-        slide_path, *slide.dimensions, slide.mpp, width, height, model_mpp, len(tiles),
-    )
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = RunOutputs(paths, export, job, tiling, slide, card, post, tissue)
+    writer = None
     try:
+        check_readable(slide)
+        card = None
+        if predictor_spec is None or model is not None:
+            model_dir = resolve_model(model)
+            card = read_card(model_dir)
+        workers = dispatcher.workers if dispatcher is not None else 1
+        spec = predictor_spec or ModelSpec(
+            str(model_dir), device, cpu_threads=max(1, (os.cpu_count() or 1) // workers),
+            amp=resolve_amp(resolve_device(device), amp),
+        )
+        model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
+        post = postprocess or PostprocessConfig(**(card.postprocess if card else {}))
+        width, height = model_size(slide.dimensions, slide.mpp, model_mpp)
+        job = TileJob(
+            slide_path=str(slide_path),
+            slide_mpp=mpp,
+            model_mpp=model_mpp,
+            level0_mpp=slide.mpp,
+            width=width,
+            height=height,
+            predictor=spec,
+            postprocess=post,
+            context=tiling.context,
+        )
+
+        tissue = tissue_mask(slide) if tiling.tissue_mask else None
+        tiles = [t for t in tile_grid(width, height, tiling) if _has_tissue(t, tissue, job.scale)]
+        timings["plan"] = time.perf_counter() - started
+        logger.info(
+            "%s: %d x %d px at %.3f µm/px -> %d x %d at %.3f, %d tiles with tissue",
+            slide_path, *slide.dimensions, slide.mpp, width, height, model_mpp, len(tiles),
+        )
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        writer = RunOutputs(paths, export, job, tiling, slide, card, post, tissue)
         fragments: list[Fragment] = []
         stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
         pass_started = time.perf_counter()
@@ -154,14 +154,15 @@ def segment_slide(
         finish_started = time.perf_counter()
         writer.finish()
         timings["finish"] = time.perf_counter() - finish_started
+        timings["total"] = time.perf_counter() - started
+        summary["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        _write_json(paths.summary, summary)
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     finally:
         slide.close()
-    timings["total"] = time.perf_counter() - started
-    summary["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    _write_json(paths.summary, summary)
     logger.info("%s: %d nuclei in %.1f s", slide_path, summary["nuclei"], timings["total"])
     return summary
 
@@ -272,5 +273,9 @@ def _versions() -> dict[str, str]:
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(values, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(values, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
