@@ -176,3 +176,24 @@ def test_a_failure_while_writing_outputs_leaves_none(tmp_path, monuseg_dir, untr
         segment_slide(image, tmp_path / "out", model=str(untrained_model), mpp=0.25,
                       tiling=TilingConfig(tile_size=256), export=ExportConfig())
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_batch_is_checked_before_any_slide_runs(tmp_path, monuseg_dir, untrained_model):
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(image, tmp_path / folder / "slide.tif")
+    shutil.copy(image, tmp_path / "a" / "other.tif")
+    out = tmp_path / "out"
+    base = ["--out", str(out), "--mpp", "0.25", "--model", str(untrained_model), "-q"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    same_stem = CliRunner().invoke(main, ["segment", str(a / "slide.tif"), str(b / "slide.tif"), *base])
+    assert same_stem.exit_code == 2 and "would both write" in same_stem.output
+    assert not out.exists()
+    out.mkdir()
+    (out / "slide.json").write_text("{}")
+    later_exists = CliRunner().invoke(
+        main, ["segment", str(a / "other.tif"), str(a / "slide.tif"), *base]
+    )
+    assert later_exists.exit_code == 2 and "slide.json" in later_exists.output
+    assert sorted(p.name for p in out.iterdir()) == ["slide.json"], "the first slide never ran"

@@ -115,6 +115,7 @@ def segment_command(
     from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig, from_mapping
     from wsi_s2lcm.dispatch import open_dispatcher
     from wsi_s2lcm.models import read_card, resolve_model
+    from wsi_s2lcm.outputs import check_batch_outputs
     from wsi_s2lcm.predictor import resolve_device
     from wsi_s2lcm.segment import segment_slide
     from wsi_s2lcm.slide import check_readable, open_slide
@@ -134,6 +135,7 @@ def segment_command(
     for path in slides:
         with open_slide(path, mpp=mpp) as slide:
             check_readable(slide)
+    check_batch_outputs(slides, out_dir, export)
     card = read_card(resolve_model(model))
     postprocess = None
     if postprocess_values:

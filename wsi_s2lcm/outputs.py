@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
+from wsi_s2lcm.errors import ConfigError, OutputExistsError
 from wsi_s2lcm.tile_task import TileJob, TileResult
 
 NUCLEUS_COLOR = (200, 0, 0)
@@ -52,6 +53,44 @@ class OutputPaths:
         if export.overlay:
             paths.append(self.overlay)
         return paths
+
+    def check_free(self, export: ExportConfig) -> None:
+        """Refuse to replace an existing output unless ``export.overwrite``.
+
+        Raises
+        ------
+        OutputExistsError
+            Naming the first output that exists.
+        """
+        existing = [p for p in self.wanted(export) if p.exists()]
+        if existing and not export.overwrite:
+            raise OutputExistsError(
+                f"{existing[0]}: output exists already; pass --overwrite to replace it."
+            )
+
+
+def check_batch_outputs(
+    slide_paths: Sequence[str | Path], out_dir: str | Path, export: ExportConfig
+) -> None:
+    """Check the outputs of a batch of slides before any work starts.
+
+    Raises
+    ------
+    ConfigError
+        When two slides share a file stem, so their outputs would overwrite each other.
+    OutputExistsError
+        When an output exists already and ``export.overwrite`` is off.
+    """
+    planned: dict[Path, str | Path] = {}
+    for slide_path in slide_paths:
+        paths = OutputPaths.for_slide(slide_path, out_dir, export)
+        if paths.geojson in planned:
+            raise ConfigError(
+                f"{planned[paths.geojson]} and {slide_path} would both write {paths.geojson}; "
+                "segment them into different --out folders or rename one."
+            )
+        planned[paths.geojson] = slide_path
+        paths.check_free(export)
 
 
 def slide_stem(slide_path: str | Path) -> str:

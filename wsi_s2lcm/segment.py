@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
-from wsi_s2lcm.errors import OutputExistsError
 from wsi_s2lcm.outputs import OutputPaths, RunOutputs
 from wsi_s2lcm.predictor import (
     ModelSpec,
@@ -92,11 +91,7 @@ def segment_slide(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     paths = OutputPaths.for_slide(slide_path, out_dir, export)
-    existing = [p for p in paths.wanted(export) if p.exists()]
-    if existing and not export.overwrite:
-        raise OutputExistsError(
-            f"{existing[0]}: output exists already; pass --overwrite to replace it."
-        )
+    paths.check_free(export)
     slide = open_slide(slide_path, mpp=mpp)
     writer = None
     try:
