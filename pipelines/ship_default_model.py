@@ -1,7 +1,7 @@
 """Ship a trained model inside the package, with its held-out figures on the card.
 
 Segments the validation images of the fixed MoNuSeg split (pipelines/monuseg_split.json) with the
-trained model, evaluates them against the full instance labels (reported only: the model was
+trained model (in float32 on the CPU, like the ablation table, whatever the CPU), evaluates them against the full instance labels (reported only: the model was
 selected on scribbles), and writes the model with float16 weights to
 ``wsi_s2lcm/weights/<name>/`` with the figures in its card.
 
@@ -50,7 +50,7 @@ def validation_figures(model_dir: Path, out_dir: Path) -> dict:
         segment_slide(
             DATA / "images" / f"{stem}.tif", pred_dir, model=model_dir, mpp=0.25,
             tiling=TilingConfig(tissue_mask=False), export=ExportConfig(labels=False, overlay=False),
-            device="cpu",
+            device="cpu", amp=False,
         )
     seconds = time.perf_counter() - started
     result = evaluate_dirs(pred_dir, DATA / "instance_labels", out_csv=out_dir / "validation.csv")
