@@ -57,6 +57,10 @@ def test_a_pickle_is_not_accepted_as_weights(model_copy):
         (lambda card: card.update(extra=1), "unknown"),
         (lambda card: card.update(mpp=-1), "mpp"),
         (lambda card: card.update(format=99), "newer"),
+        (lambda card: card.update(format="1"), "integer"),
+        (lambda card: card.update(normalization={"mean": [0, 0, 0]}), "normalization"),
+        (lambda card: card.update(postprocess={"h_um": 0.5, "from_a_newer_version": 1}),
+         "postprocess"),
     ],
 )
 def test_bad_cards_are_refused(model_copy, edit, message):
@@ -65,6 +69,22 @@ def test_bad_cards_are_refused(model_copy, edit, message):
     (model_copy / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ModelError, match=message):
         read_card(model_copy)
+
+
+def test_weights_of_another_shape_are_refused_as_a_model_error(model_copy):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(model_copy / WEIGHTS_FILE))
+    name = next(k for k in weights if weights[k].ndim == 4)
+    weights[name] = weights[name][:, :1].contiguous()
+    save_file(weights, str(model_copy / WEIGHTS_FILE))
+    with pytest.raises(ModelError, match="do not match"):
+        load_model(model_copy)
+    del weights[name]
+    weights["no_such_layer.weight"] = weights[next(iter(weights))].clone()
+    save_file(weights, str(model_copy / WEIGHTS_FILE))
+    with pytest.raises(ModelError, match="no_such_layer"):
+        load_model(model_copy)
 
 
 def test_not_json_card(model_copy):

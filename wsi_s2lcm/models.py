@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from wsi_s2lcm.errors import ModelError
+from wsi_s2lcm.config import PostprocessConfig, from_mapping
+from wsi_s2lcm.errors import ConfigError, ModelError
 
 DEFAULT_MODEL = "s2lcm-monuseg"
 CARD_FILE = "card.json"
@@ -76,7 +77,10 @@ class ModelCard:
             raise ModelError(
                 f"{where}: not a wsi-s2lcm model card (unknown keys {unknown}, missing {missing})."
             )
-        if int(values.get("format", CARD_FORMAT)) > CARD_FORMAT:
+        card_format = values.get("format", CARD_FORMAT)
+        if not isinstance(card_format, int):
+            raise ModelError(f"{where}: format must be an integer, not {card_format!r}.")
+        if card_format > CARD_FORMAT:
             raise ModelError(
                 f"{where}: card format {values['format']} is newer than this wsi-s2lcm "
                 "understands; upgrade wsi-s2lcm."
@@ -84,6 +88,14 @@ class ModelCard:
         mpp = values["mpp"]
         if not isinstance(mpp, (int, float)) or mpp <= 0:
             raise ModelError(f"{where}: mpp must be a positive number, not {mpp!r}.")
+        normalization = values["normalization"]
+        if not (isinstance(normalization, Mapping) and {"mean", "std"} <= set(normalization)):
+            raise ModelError(f"{where}: normalization needs a mean and a std, not {normalization!r}.")
+        postprocess = values.get("postprocess") or {}
+        try:
+            from_mapping(PostprocessConfig, postprocess, f"{where}: postprocess")
+        except ConfigError as error:
+            raise ModelError(str(error)) from None
         return cls(**dict(values))
 
 
@@ -186,12 +198,19 @@ def load_model(ref: str | Path | None = None) -> LoadedModel:
         state = load_file(str(weights))
     except Exception as error:  # safetensors raises its own error types
         raise ModelError(f"{weights}: cannot read the weights ({error}).") from None
-    result = network.load_state_dict(state, strict=False)
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        first = str(error).strip().splitlines()[-1].strip()
+        raise ModelError(
+            f"{weights}: weights do not match the card's architecture ({first})."
+        ) from None
     missing = [k for k in result.missing_keys if not _is_training_only(k)]
-    if missing:
+    unexpected = [k for k in result.unexpected_keys if not _is_training_only(k)]
+    if missing or unexpected:
         raise ModelError(
             f"{weights}: weights do not match the card's architecture "
-            f"(missing {', '.join(missing[:5])}...)."
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})."
         )
     network.eval()
     return LoadedModel(card=card, network=network, path=directory)
