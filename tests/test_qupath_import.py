@@ -78,6 +78,15 @@ def test_other_classes_are_skipped_with_a_warning(tmp_path, caplog):
     assert "Tumor" in caplog.text and "unclassified" in caplog.text
 
 
+def test_detections_are_not_scribbles(tmp_path, caplog):
+    path = _write(tmp_path, [_feature(LINE, NUCLEUS_CLASS),
+                             _feature(SQUARE, NUCLEUS_CLASS, object_type="detection")])
+    with caplog.at_level(logging.WARNING):
+        scribbles = read_scribbles(path)
+    assert [s.geometry.geom_type for s in scribbles] == ["LineString"]
+    assert "detection" in caplog.text
+
+
 def test_lines_and_brush_areas_rasterize_into_the_target(tmp_path):
     path = _write(tmp_path, {"type": "FeatureCollection", "features": [
         _feature(LINE, NUCLEUS_CLASS), _feature(BRUSH, BACKGROUND_CLASS)]})

@@ -10,7 +10,9 @@ bare JSON array of features (older scripts, "Export as FeatureCollection" untick
 :func:`read_scribbles` keeps the features whose class names nucleus or background (compared
 case-insensitively) and reports everything else: a feature it cannot use is skipped with a
 warning; a file that yields nothing usable is an :class:`~wsi_s2lcm.errors.AnnotationError`,
-never an empty training set. Coordinates stay in the file's frame: QuPath's image frame, pixel
+never an empty training set. Only annotations are scribbles: detections (what a model such as
+wsi-s2lcm writes) are skipped, so exporting all objects never trains a model on its own output.
+Coordinates stay in the file's frame: QuPath's image frame, pixel
 (x, y) covering ``[x, x + 1) x [y, y + 1)`` at full resolution.
 """
 
@@ -178,7 +180,9 @@ def _parse_feature(
         return "not a GeoJSON Feature", None
     properties = feature.get("properties") or {}
     object_type = properties.get("objectType", properties.get("object_type", "annotation"))
-    if object_type not in ("annotation", "detection"):
+    if object_type == "detection":
+        return "a detection (a model's output; scribbles are annotations)", None
+    if object_type != "annotation":
         return f"objectType {object_type!r}", None
     name = class_name(properties)
     if name is None:
