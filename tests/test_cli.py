@@ -140,7 +140,8 @@ def test_postprocess_values_override_the_card(tmp_path, monuseg_dir, untrained_m
 @pytest.mark.parametrize(
     ("value", "message"),
     [("bogus=1", "unknown key"), ("h_um", "KEY=VALUE"), ("h_um=wide", "must be a number"),
-     ("=3", "KEY=VALUE"), ("threshold=[1]", "number, true/false or text")],
+     ("=3", "KEY=VALUE"), ("threshold=[1]", "number, true/false or text"),
+     ("h_um=.nan", "must be a number > 0"), ("min_area_um2=.inf", "must be a number >= 0")],
 )
 def test_bad_postprocess_values_exit_2(tmp_path, monuseg_dir, untrained_model, value, message):
     image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"

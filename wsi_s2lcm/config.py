@@ -8,6 +8,7 @@ configuration lives beside the trainer in :mod:`wsi_s2lcm.training.config`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, TypeVar
 
 from wsi_s2lcm.errors import ConfigError
@@ -109,11 +110,11 @@ class PostprocessConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold {self.threshold} must lie strictly between 0 and 1.")
-        if self.min_area_um2 < 0:
-            raise ConfigError(f"min_area_um2 {self.min_area_um2} must be >= 0.")
-        if self.h_um <= 0:
-            raise ConfigError(f"h_um {self.h_um} must be > 0.")
-        if self.min_hematoxylin_contrast < 0:
+        if not 0 <= self.min_area_um2 < math.inf:
+            raise ConfigError(f"min_area_um2 {self.min_area_um2} must be a number >= 0.")
+        if not 0 < self.h_um < math.inf:
+            raise ConfigError(f"h_um {self.h_um} must be a number > 0.")
+        if not 0 <= self.min_hematoxylin_contrast < math.inf:
             raise ConfigError(
                 f"min_hematoxylin_contrast {self.min_hematoxylin_contrast} must be >= 0 "
                 "(0 keeps every object)."
@@ -165,7 +166,8 @@ def from_mapping(cls: type[T], values: Mapping[str, Any] | None, where: str = "c
     Raises
     ------
     ConfigError
-        On an unknown key or a value of the wrong type.
+        On an unknown key, a value of the wrong type or out of range (the message names
+        ``where``).
     """
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -178,7 +180,10 @@ def from_mapping(cls: type[T], values: Mapping[str, Any] | None, where: str = "c
     for key, value in values.items():
         default = getattr(cls(), key) if _has_defaults(cls) else None
         checked[key] = _coerce(value, default, f"{where}.{key}")
-    return cls(**checked)
+    try:
+        return cls(**checked)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def _has_defaults(cls: type) -> bool:
