@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
 
 from wsi_s2lcm.dispatch import Dispatcher, open_dispatcher
+from wsi_s2lcm.segment import _threads_per_worker
 from wsi_s2lcm.errors import ConfigError
 
 
@@ -51,11 +53,20 @@ def test_running_scheduler_is_used():
                       dashboard_address=None) as cluster:
         with open_dispatcher(scheduler=cluster.scheduler_address) as dispatcher:
             assert list(dispatcher.imap(square, range(5), 0)) == [0, 1, 4, 9, 16]
+            assert dispatcher.workers is None, "a cluster's machines are not this one"
+            assert _threads_per_worker(dispatcher) is None
 
 
-def test_unreachable_scheduler_is_a_config_error():
+def test_local_workers_share_this_machines_cores():
+    cores = os.cpu_count() or 1
+    assert _threads_per_worker(None) == cores
+    assert _threads_per_worker(Dispatcher(None, in_flight=1, workers=2)) == max(1, cores // 2)
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:1", "tcp://host:notaport", "bogus://x:1"])
+def test_unreachable_or_malformed_scheduler_is_a_config_error(address):
     with pytest.raises(ConfigError, match="scheduler"):
-        with open_dispatcher(scheduler="tcp://127.0.0.1:1", timeout=2):
+        with open_dispatcher(scheduler=address, timeout=2):
             pass
 
 

@@ -28,14 +28,15 @@ class Dispatcher:
     in_flight
         Most tasks submitted and not yet collected.
     workers
-        Tasks that may run at once on one machine (local threads or processes); callers use it
-        to share the CPU cores between them.
+        Tasks that may run at once on this machine (local threads or processes); callers use it
+        to share this machine's CPU cores between them. ``None`` for a remote cluster, whose
+        machines are not this one: each worker keeps its own threading.
     """
 
-    def __init__(self, client: Any | None, in_flight: int, workers: int = 1) -> None:
+    def __init__(self, client: Any | None, in_flight: int, workers: int | None = 1) -> None:
         self.client = client
         self.in_flight = max(1, in_flight)
-        self.workers = max(1, workers)
+        self.workers = None if workers is None else max(1, workers)
 
     def imap(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any) -> Iterator[Any]:
         """Yield ``fn(item, *args)`` for each item, in the order of ``items``.
@@ -110,7 +111,7 @@ def open_dispatcher(
                     client = Client(scheduler_file=scheduler, timeout=timeout)
                 else:
                     client = Client(scheduler, timeout=timeout)
-            except (OSError, TimeoutError) as error:
+            except (OSError, TimeoutError, ValueError) as error:
                 raise ConfigError(
                     f"--scheduler {scheduler}: cannot reach the Dask scheduler ({error}); check "
                     "the address and that the scheduler is running."
@@ -129,7 +130,7 @@ def open_dispatcher(
             total = workers
         logger.info("Dask client %s with %d worker thread(s)", client.dashboard_link or client, total)
         try:
-            yield Dispatcher(client, in_flight=2 * total, workers=1 if scheduler else total)
+            yield Dispatcher(client, in_flight=2 * total, workers=None if scheduler else total)
         finally:
             client.close()
             if cluster is not None:

@@ -100,9 +100,8 @@ def segment_slide(
         if predictor_spec is None or model is not None:
             model_dir = resolve_model(model)
             card = read_card(model_dir)
-        workers = dispatcher.workers if dispatcher is not None else 1
         spec = predictor_spec or ModelSpec(
-            str(model_dir), device, cpu_threads=max(1, (os.cpu_count() or 1) // workers),
+            str(model_dir), device, cpu_threads=_threads_per_worker(dispatcher),
             amp=resolve_amp(resolve_device(device), amp),
         )
         model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
@@ -160,6 +159,15 @@ def segment_slide(
         slide.close()
     logger.info("%s: %d nuclei in %.1f s", slide_path, summary["nuclei"], timings["total"])
     return summary
+
+
+def _threads_per_worker(dispatcher: Any) -> int | None:
+    """This machine's cores shared among its local workers; None (keep) on a remote cluster."""
+    if dispatcher is None:
+        return os.cpu_count() or 1
+    if dispatcher.workers is None:
+        return None
+    return max(1, (os.cpu_count() or 1) // dispatcher.workers)
 
 
 def _has_tissue(tile: Tile, tissue: Any, scale: float) -> bool:
