@@ -71,3 +71,24 @@ def test_tiled_equals_untiled_with_fake_predictor(tmp_path, monuseg_dir, untiled
     assert_same_partition(rasterized, tiled)
     saved = json.loads((tmp_path / f"{IMAGE}.json").read_text())
     assert saved["nuclei"] == summary["nuclei"]
+
+
+def test_a_slide_replaced_at_the_same_path_is_read_again(tmp_path, monuseg_dir):
+    """Tile readers are cached per process; a new file at the same path must not be read stale."""
+    import shutil
+
+    images = sorted((monuseg_dir / "images").glob("*.tif"))[:2]
+    path = tmp_path / "slide.tif"
+    tiling = TilingConfig(tile_size=256, tissue_mask=False)
+    counts = []
+    for index, image in enumerate(images):
+        shutil.copy(image, path)
+        summary = segment_slide(path, tmp_path / f"out{index}", mpp=0.25, tiling=tiling,
+                                predictor_spec=DarknessPredictor(),
+                                export=ExportConfig(overlay=False, labels=False))
+        fresh = segment_slide(image, tmp_path / f"fresh{index}", mpp=0.25, tiling=tiling,
+                              predictor_spec=DarknessPredictor(),
+                              export=ExportConfig(overlay=False, labels=False))
+        counts.append((summary["nuclei"], fresh["nuclei"]))
+    assert counts[0][0] != counts[1][0], "the two images should differ"
+    assert all(replaced == fresh for replaced, fresh in counts)

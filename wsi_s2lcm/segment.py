@@ -27,7 +27,7 @@ from wsi_s2lcm.predictor import (
     resolve_amp,
     resolve_device,
 )
-from wsi_s2lcm.tile_task import Fragment, TileJob, TileResult, process_tiles
+from wsi_s2lcm.tile_task import Fragment, TileJob, TileResult, forget_open_slides, process_tiles
 from wsi_s2lcm.tiling import Tile, model_size, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ def segment_slide(
         raise
     finally:
         slide.close()
+        forget_open_slides()
     logger.info("%s: %d nuclei in %.1f s", slide_path, summary["nuclei"], timings["total"])
     return summary
 

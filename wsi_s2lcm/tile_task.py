@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Sequence
 
@@ -302,7 +303,8 @@ def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
         One per tile, in the same order.
     """
     started = time.perf_counter()
-    slide = _open_slide_cached(job.slide_path, job.slide_mpp)
+    status = os.stat(job.slide_path)
+    slide = _open_slide_cached(job.slide_path, job.slide_mpp, status.st_mtime_ns, status.st_size)
     c = job.context
     batch = np.stack(
         [slide.read(t.x - c, t.y - c, t.size + 2 * c, t.size + 2 * c, job.model_mpp) for t in tiles]
@@ -322,9 +324,18 @@ def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
     ]
 
 
-@functools.lru_cache(maxsize=8)
-def _open_slide_cached(path: str, mpp: float | None) -> Any:
-    """Open a slide once per worker process (readers are thread-safe for reading)."""
+@functools.lru_cache(maxsize=2)
+def _open_slide_cached(path: str, mpp: float | None, mtime_ns: int, size: int) -> Any:
+    """Open a slide once per worker process (readers are thread-safe for reading).
+
+    The file's modification time and size are part of the key, so a file replaced at the same
+    path is opened again; a run ends with :func:`forget_open_slides`.
+    """
     from wsi_s2lcm.slide import open_slide
 
     return open_slide(path, mpp=mpp)
+
+
+def forget_open_slides() -> None:
+    """Drop the slides this process holds open for tile tasks (an image file's pixels too)."""
+    _open_slide_cached.cache_clear()
