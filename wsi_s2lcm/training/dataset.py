@@ -215,38 +215,40 @@ def _load_slide_regions(
     mpp: float | None, config: object,
 ) -> list[TrainImage]:
     """The regions of a whole slide that hold scribbles, read at the model's mpp."""
-    slide = open_slide(path, default_mpp=mpp)
-    scale = config.mpp / slide.mpp
-    width0, height0 = slide.dimensions
-    bounds = shapely.box(0, 0, width0, height0)
-    inside = [s for s in scribbles if s.geometry.intersects(bounds)]
-    if len(inside) < len(scribbles):
-        logger.warning("%s: %d scribble(s) outside the slide; skipped", scribble_path,
-                       len(scribbles) - len(inside))
-    if not inside:
-        raise AnnotationError(
-            f"{scribble_path}: no scribble lies inside {path} ({width0} x {height0} px at level "
-            "0); were they exported from another image?"
-        )
-    size = config.slide_region_size
-    width, height = math.floor(width0 / scale), math.floor(height0 / scale)
-    origins: set[tuple[int, int]] = set()
-    for scribble in inside:
-        x0, y0, x1, y1 = (v / scale for v in scribble.geometry.bounds)
-        for ty in range(max(int(y0 // size), 0), min(int(y1 // size), (height - 1) // size) + 1):
-            for tx in range(max(int(x0 // size), 0), min(int(x1 // size), (width - 1) // size) + 1):
-                origins.add((tx * size, ty * size))
-    regions = []
-    for x, y in sorted(origins, key=lambda xy: (xy[1], xy[0])):
-        w, h = min(size, width - x), min(size, height - y)
-        stroke = config.stroke_width_um / config.mpp
-        target = rasterize_scribbles(inside, (h, w), scale, (x * scale, y * scale), stroke)
-        if (target != IGNORE).any():
-            image = np.asarray(slide.read(x, y, w, h, config.mpp), np.uint8)[..., :3]
-            ids = rasterize_nucleus_ids(inside, (h, w), scale, (x * scale, y * scale), stroke)
-            regions.append(TrainImage(f"{stem}@{x},{y}", str(path), image, target, ids, slide.mpp))
-    if not regions:
-        raise AnnotationError(f"{scribble_path}: no scribble pixel falls inside {path}.")
+    with open_slide(path, default_mpp=mpp) as slide:
+        scale = config.mpp / slide.mpp
+        width0, height0 = slide.dimensions
+        bounds = shapely.box(0, 0, width0, height0)
+        inside = [s for s in scribbles if s.geometry.intersects(bounds)]
+        if len(inside) < len(scribbles):
+            logger.warning("%s: %d scribble(s) outside the slide; skipped", scribble_path,
+                           len(scribbles) - len(inside))
+        if not inside:
+            raise AnnotationError(
+                f"{scribble_path}: no scribble lies inside {path} ({width0} x {height0} px at "
+                "level 0); were they exported from another image?"
+            )
+        size = config.slide_region_size
+        width, height = math.floor(width0 / scale), math.floor(height0 / scale)
+        origins: set[tuple[int, int]] = set()
+        for scribble in inside:
+            x0, y0, x1, y1 = (v / scale for v in scribble.geometry.bounds)
+            rows = range(max(int(y0 // size), 0), min(int(y1 // size), (height - 1) // size) + 1)
+            cols = range(max(int(x0 // size), 0), min(int(x1 // size), (width - 1) // size) + 1)
+            origins.update((tx * size, ty * size) for ty in rows for tx in cols)
+        regions = []
+        for x, y in sorted(origins, key=lambda xy: (xy[1], xy[0])):
+            w, h = min(size, width - x), min(size, height - y)
+            stroke = config.stroke_width_um / config.mpp
+            target = rasterize_scribbles(inside, (h, w), scale, (x * scale, y * scale), stroke)
+            if (target != IGNORE).any():
+                image = np.asarray(slide.read(x, y, w, h, config.mpp), np.uint8)[..., :3]
+                ids = rasterize_nucleus_ids(inside, (h, w), scale, (x * scale, y * scale), stroke)
+                regions.append(
+                    TrainImage(f"{stem}@{x},{y}", str(path), image, target, ids, slide.mpp)
+                )
+        if not regions:
+            raise AnnotationError(f"{scribble_path}: no scribble pixel falls inside {path}.")
     logger.info("%s: %d region(s) of %d px around the scribbles", path, len(regions), size)
     return regions
 
