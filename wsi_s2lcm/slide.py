@@ -142,7 +142,7 @@ class PyramidSlide:
         cx1, cy1 = int(columns.max()) + 1, int(rows.max()) + 1
         try:
             region = self._read_level(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
-        except SlideError:
+        except (SlideError, MemoryError):
             raise
         except Exception as exc:  # any reader failure on a bad file becomes a SlideError
             down = self.level_downsamples[level]

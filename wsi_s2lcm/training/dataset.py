@@ -170,8 +170,8 @@ def _is_plain(path: Path) -> bool:
                 page = tiff.pages[0]
                 pixels = page.imagelength * page.imagewidth
                 return len(tiff.pages) == 1 and pixels <= MAX_PLAIN_PIXELS
-        except Exception:  # not a readable TIFF: let the slide reader report it
-            return False
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+            return False  # not a readable TIFF: the slide reader reports it
     return True
 
 
