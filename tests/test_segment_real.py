@@ -158,6 +158,14 @@ def test_other_real_slides(tmp_path, slides_dir, name, mpp):
     assert not (tmp_path / f"{stem}.zarr").exists()
     if name.startswith("TCGA"):
         assert len(features) > 1000
+        assert summary["tissue_mm2"] > 0.1
+    else:
+        # An overview image of a slide, read through the plain-image path: glass with dust and
+        # one piece of tissue of about 110 x 60 px, at the --mpp given 55 x 30 µm, under the
+        # tissue masker's smallest object (2,000 µm²). Nothing is detected on glass.
+        assert summary["slide_info"]["format"] == "image/TIFF"
+        assert summary["slide_info"]["dimensions"] == [1493, 901]
+        assert summary["tissue_mm2"] < 0.01 and summary["nuclei"] == 0
 
 
 def test_monuseg_tile_with_mpp(tmp_path, monuseg_dir):
