@@ -172,8 +172,9 @@ class LabelStore:
     def write_where_empty(self, y0: int, x0: int, block: np.ndarray) -> int:
         """Write the nonzero pixels of ``block`` where the store holds 0; return how many.
 
-        For the few objects written after the main pass (re-segmented large nuclei); existing
-        labels are never overwritten.
+        Every tile's nuclei and the re-segmented large nuclei are written this way, so a nucleus
+        seen by two neighbouring tiles keeps the pixels of the first written; existing labels
+        are never overwritten.
         """
         region, block = self._region(y0, x0, block)
         if region is None:

@@ -8,7 +8,8 @@ point has exactly one owner tile: ``(floor(y / s), floor(x / s))``. A nucleus is
 tile whose core holds its centroid. A nucleus smaller than ``m`` whose centroid lies in a core is
 seen whole by that tile, so tiles are independent, and tiling the slide reproduces one untiled
 pass. Cores are aligned to a regular grid of side ``s``, which is also the chunk grid of the
-label store, so tiles never write the same chunk.
+label store; a tile writes its kept nuclei whole, so they may reach into a neighbour's chunks
+(the writer, in the calling process, writes one tile at a time).
 """
 
 from __future__ import annotations
