@@ -18,7 +18,6 @@ from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
 from wsi_s2lcm.tile_task import TileJob, TileResult
 
-NUCLEUS_COLOR = (200, 0, 0)
 #: A nucleus whose pixels are already taken by written nuclei for this fraction of its area or
 #: more is a duplicate seen by a neighbouring tile, and is dropped.
 DUPLICATE_OVERLAP = 0.2
@@ -185,7 +184,7 @@ class RunOutputs:
     def _write_nucleus(self, nucleus: Any) -> None:
         from wsi_s2lcm.qupath.export import nucleus_feature
 
-        self._geojson.write(nucleus_feature(nucleus, NUCLEUS_COLOR))
+        self._geojson.write(nucleus_feature(nucleus))
         self.area_um2 += nucleus.measurements.get("Area µm^2", 0.0)
         if self._overlay is not None:
             self._overlay.add([nucleus.polygon])

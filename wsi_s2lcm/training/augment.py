@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 from skimage.color import hed2rgb, rgb2hed
 
-IGNORE = 255
-
+from wsi_s2lcm.training.scribbles import IGNORE
 
 def crop_sample(
     image: np.ndarray,

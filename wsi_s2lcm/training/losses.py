@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
-
+from wsi_s2lcm.training.scribbles import IGNORE
 
 def _zero(reference: torch.Tensor) -> torch.Tensor:
     """A zero scalar connected to ``reference``'s graph."""

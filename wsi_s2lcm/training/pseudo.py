@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = 255
-
+from wsi_s2lcm.training.scribbles import IGNORE
 
 def ema_update(
     ybar: np.ndarray | None, prediction: np.ndarray, alpha: float, count: int, init: str = "first"
