@@ -20,7 +20,7 @@ from skimage.measure import find_contours
 from wsi_s2lcm.cli_evaluate import evaluate_command
 from wsi_s2lcm.errors import AnnotationError, UserInputError
 from wsi_s2lcm.evaluation import COLUMNS, evaluate_dirs, format_table
-from wsi_s2lcm.label_files import file_stem, load_pair, read_label_image
+from wsi_s2lcm.label_files import file_stem, load_label_pair, read_label_image
 from wsi_s2lcm.metrics import METRIC_NAMES
 
 STEMS = ("TCGA-18-5592-01Z-00-DX1", "TCGA-HE-7130-01Z-00-DX1")
@@ -280,7 +280,7 @@ def test_label_image_reading_rules(tmp_path: Path) -> None:
     Image.fromarray(single).save(tmp_path / "single.png")
     read, warning = read_label_image(tmp_path / "single.png")
     assert warning is None and read.max() == 4
-    pred, gt = load_pair(tmp_path / "single.png", tmp_path / "mask.png")
+    pred, gt = load_label_pair(tmp_path / "single.png", tmp_path / "mask.png")
     assert pred.shape == gt.shape == (6, 6)
     big_ids = np.zeros((6, 6), np.uint32)
     big_ids[0:2, 0:2] = 3_000_000_000

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_s2lcm.errors import UserInputError
-from wsi_s2lcm.label_files import find_image, index_label_files, load_pair, note
+from wsi_s2lcm.label_files import find_image, index_label_files, load_label_pair, note
 from wsi_s2lcm.metrics import COUNT_NAMES, METRIC_NAMES, evaluate_pair
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def evaluate_dirs(
     rows = []
     for stem in stems:
         image_path = find_image(Path(image_dir), stem) if image_dir is not None else None
-        pred_labels, gt_labels = load_pair(
+        pred_labels, gt_labels = load_label_pair(
             predictions[stem], truths[stem], shape, image_path, notes
         )
         row = {"image": stem, **evaluate_pair(pred_labels, gt_labels)}

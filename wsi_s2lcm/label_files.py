@@ -302,7 +302,7 @@ def _load(path: Path, notes: list[str]) -> _Source:
     return source
 
 
-def load_pair(
+def load_label_pair(
     pred_path: Path,
     gt_path: Path,
     shape: tuple[int, int] | None = None,
