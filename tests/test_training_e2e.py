@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import torchvision
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -325,3 +326,43 @@ def test_cosine_schedule_falls_from_the_rates_to_their_floor():
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 4e-4])
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+def test_a_model_started_from_encoder_weights_loads_without_their_file(data, tmp_path):
+    torch.manual_seed(2)
+    path = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    config = tmp_path / "config.yaml"
+    config.write_text((data / "tiny.yaml").read_text() + f"encoder_weights: {path}\n")
+    result = _train(data, tmp_path / "model", "--epochs", "1", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    path.unlink()
+    card = load_model(tmp_path / "model").card
+    assert card.architecture["encoder_weights"] is None
+    assert card.training["config"]["encoder_weights"] == str(path)
+
+
+@pytest.mark.parametrize("device, message", [("cuda:7", "CUDA is not available"),
+                                             ("gpu", "must be auto, cpu, cuda or cuda:N")])
+def test_an_unusable_device_exits_2_before_training(data, tmp_path, device, message):
+    result = CliRunner().invoke(main, [
+        "train", "--images", str(data / "images"), "--scribbles", str(data / "scribbles"),
+        "--out", str(tmp_path / "model"), "--config", str(data / "tiny.yaml"), "--mpp", "0.25",
+        "--device", device])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "model").exists()
+
+
+def test_overwrite_removes_the_earlier_run_before_training(data, tmp_path, monkeypatch):
+    assert _train(data, tmp_path / "model", "--epochs", "1").exit_code == 0
+    assert (tmp_path / "model" / "train_state").is_dir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wsi_s2lcm.training.trainer._train_epoch", interrupted)
+    result = _train(data, tmp_path / "model", "--epochs", "1", "--overwrite")
+    assert result.exit_code != 0
+    left = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert left == [], "nothing of the earlier run may pass for the new one"

@@ -98,7 +98,7 @@ def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
                    "files that record theirs keep it.")
 @click.option("--model-mpp", type=click.FloatRange(0, min_open=True), default=None,
               help="µm/px the model works at (config 'mpp', default 0.5).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Images held back to select the model on their scribbles (without --split).")
@@ -125,6 +125,7 @@ def train_command(images_dirs: tuple[Path, ...], scribbles_dirs: tuple[Path, ...
     """Train a nucleus model from QuPath scribbles (S2L-CM) and write its model directory."""
     import torch
 
+    from wsi_s2lcm.predictor import resolve_device
     from wsi_s2lcm.training.config import load_train_config
     from wsi_s2lcm.training.dataset import load_pair, pair_files, split_stems
     from wsi_s2lcm.training.trainer import train_model
@@ -136,8 +137,7 @@ def train_command(images_dirs: tuple[Path, ...], scribbles_dirs: tuple[Path, ...
                 logging.getLogger(logger_name).setLevel(logging.INFO)
     if threads:
         torch.set_num_threads(threads)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu.")
+    device = resolve_device(device)
     config = load_train_config(config_path, {
         "epochs": epochs, "mpp": model_mpp, "seed": seed,
         "validation_fraction": validation_fraction, "licence": licence,

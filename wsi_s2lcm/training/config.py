@@ -253,7 +253,7 @@ class TrainConfig:
         }
 
     def architecture(self) -> dict[str, Any]:
-        """The ``architecture`` entry of the model card."""
+        """The network to build for training (the card records it with ``encoder_weights`` None)."""
         return {"type": "unet", "encoder": self.encoder,
                 "encoder_weights": self.encoder_weights or None}
 

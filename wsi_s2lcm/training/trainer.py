@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,9 @@ from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import (
     IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
 )
-from wsi_s2lcm.training.pseudo import IGNORE, EmaMaps, pseudo_labels
+from wsi_s2lcm.training.pseudo import EmaMaps, pseudo_labels
 from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
+from wsi_s2lcm.training.scribbles import IGNORE
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,8 @@ def train_model(
                        dict(record or {}), [t.key for t in val_images],
                        sys.stderr.isatty() if progress is None else progress,
                        _initial_postprocess(config.init_model))
+    if not resume:
+        _remove_previous_run(out_dir)
     if config.init_model and not resume and val_images:
         entry = {"epoch": 0, "stage": "init", "seconds": 0.0, "seconds_per_step": 0.0,
                  **_validate(context, val_images)}
@@ -169,6 +173,17 @@ def train_model(
             _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
     _calibrate_separation(context, out_dir, val_images)
     return TrainResult(out_dir, run["best_epoch"], run["best_metrics"])
+
+
+def _remove_previous_run(out_dir: Path) -> None:
+    """Remove the files of an earlier run (``--overwrite``), so none is taken for the new one."""
+    from wsi_s2lcm.models import CARD_FILE, WEIGHTS_FILE
+    from wsi_s2lcm.training.records import CURVES_FILE, LOG_FILE
+
+    for name in (CARD_FILE, WEIGHTS_FILE, LOG_FILE, CURVES_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in (LAST_DIR, STATE_DIR):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -446,7 +461,9 @@ def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
                  "held_out_images": context.val_keys, **metrics}
     return ModelCard(
         name=context.name,
-        architecture={**DEFAULT_ARCHITECTURE, **config.architecture()},
+        # The saved weights hold the encoder: loading the model must not need the file it
+        # started from (recorded in the card's training config).
+        architecture={**DEFAULT_ARCHITECTURE, **config.architecture(), "encoder_weights": None},
         mpp=config.mpp,
         normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         postprocess=dict(context.postprocess),
