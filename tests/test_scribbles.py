@@ -130,3 +130,15 @@ def test_scribbles_command_writes_one_file_per_mask(monuseg_dir, tmp_path):
     assert manifest["ratio"] == 0.1 and manifest["files"][STEM]["nucleus_scribbles"] == 31
     again = CliRunner().invoke(scribbles_command, args)
     assert again.exit_code != 0 and "--overwrite" in str(again.exception)
+
+
+def test_scribbles_command_checks_every_output_before_writing(monuseg_dir, tmp_path):
+    masks, out = tmp_path / "masks", tmp_path / "out"
+    masks.mkdir()
+    out.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(monuseg_dir / "instance_labels" / f"{STEM}.png", masks / f"{name}.png")
+    (out / "b.geojson").write_text("{}")
+    result = CliRunner().invoke(scribbles_command, ["--masks", str(masks), "--out", str(out)])
+    assert result.exit_code != 0 and "b.geojson" in str(result.exception)
+    assert sorted(p.name for p in out.iterdir()) == ["b.geojson"], "a.geojson was not written"

@@ -48,12 +48,13 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
     masks = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
     if not masks:
         raise ConfigError(f"{masks_dir}: no label images (*.png, *.tif) found.")
+    outputs = [out_dir / f"{p.stem}.geojson" for p in masks] + [out_dir / MANIFEST_FILE]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]}: exists; pass --overwrite to replace it.")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"ratio": ratio, "seed": seed, "masks": str(masks_dir), "files": {}}
-    for mask_path in masks:
-        out_path = out_dir / f"{mask_path.stem}.geojson"
-        if out_path.exists() and not overwrite:
-            raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it.")
+    for mask_path, out_path in zip(masks, outputs):
         labels, warning = read_label_image(mask_path)
         if warning:
             logger.warning("%s", warning)
@@ -64,7 +65,9 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
         manifest["files"][mask_path.stem] = counts
         logger.info("%s: %d nucleus and %d background scribbles (%d nuclei)", out_path,
                     counts["nucleus_scribbles"], counts["background_scribbles"], counts["nuclei"])
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    partial = out_dir / f"{MANIFEST_FILE}.partial"
+    partial.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    partial.replace(out_dir / MANIFEST_FILE)
 
 
 def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
