@@ -466,7 +466,8 @@ def format_markdown(table: Table, results: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         result = by_row.get(row.name)
-        ratio = "dense" if row.supervision == "full" else f"{table.row(row.model_row).ratio:.2f}"
+        model_row = table.row(row.model_row)
+        ratio = "dense" if model_row.supervision == "full" else f"{model_row.ratio:.2f}"
         cells = ["not yet measured"] + [""] * 9
         if result is not None:
             train = (f"{result['train_s']:.0f}" if row.model_row == row.name
