@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsi_s2lcm.config import PostprocessConfig, TilingConfig
-from wsi_s2lcm.fragments import resolve_group
+from wsi_s2lcm.fragments import group_fragments, resolve_group
 from wsi_s2lcm.tile_task import Fragment, TileJob
 from wsi_s2lcm.tiling import owner_of
 
@@ -60,3 +60,36 @@ def test_an_object_larger_than_the_largest_window_is_kept_cut_not_a_crash():
                           max_window=256)
     assert whole is not None and whole.truncated
     assert whole.mask.shape[1] <= 256 and whole.mask.shape[0] == 40
+
+
+def test_fragments_are_grouped_exactly_when_their_pixels_overlap():
+    rng = np.random.default_rng(3)
+    fragments = []
+    for _ in range(300):
+        x, y = (int(v) for v in rng.integers(0, 400, 2))
+        w, h = (int(v) for v in rng.integers(3, 30, 2))
+        fragments.append(Fragment((0, 0), (x, y), rng.random((h, w)) < 0.3))
+
+    def touching(a, b):
+        canvas = np.zeros((500, 500), np.uint8)
+        for fragment in (a, b):
+            x0, y0, x1, y1 = fragment.box
+            canvas[y0:y1, x0:x1] += fragment.mask
+        return bool((canvas > 1).any())
+
+    groups = group_fragments(fragments)
+    group_of = {id(f): g for g, members in enumerate(groups) for f in members}
+    assert sorted(len(g) for g in groups) != [1] * len(fragments), "some should overlap"
+    for i, a in enumerate(fragments):
+        for b in fragments[i + 1:]:
+            if touching(a, b):
+                assert group_of[id(a)] == group_of[id(b)]
+    for members in groups:  # every group is connected through overlapping pairs
+        reached, frontier = {id(members[0])}, [members[0]]
+        while frontier:
+            current = frontier.pop()
+            for other in members:
+                if id(other) not in reached and touching(current, other):
+                    reached.add(id(other))
+                    frontier.append(other)
+        assert reached == {id(m) for m in members}

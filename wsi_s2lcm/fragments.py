@@ -59,10 +59,14 @@ def group_fragments(fragments: Sequence[Fragment]) -> list[list[Fragment]]:
             i = parent[i]
         return i
 
+    boxes = np.array([f.box for f in fragments], dtype=np.int64).reshape(-1, 4)
     for i, a in enumerate(fragments):
-        for j in range(i + 1, len(fragments)):
+        x0, y0, x1, y1 = boxes[i]
+        rest = boxes[i + 1 :]
+        near = (rest[:, 0] < x1) & (rest[:, 2] > x0) & (rest[:, 1] < y1) & (rest[:, 3] > y0)
+        for j in np.flatnonzero(near) + i + 1:
             if _overlap(a, fragments[j]):
-                parent[find(i)] = find(j)
+                parent[find(i)] = find(int(j))
     groups: dict[int, list[Fragment]] = {}
     for i, fragment in enumerate(fragments):
         groups.setdefault(find(i), []).append(fragment)
