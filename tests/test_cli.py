@@ -188,7 +188,9 @@ def test_a_batch_is_checked_before_any_slide_runs(tmp_path, monuseg_dir, untrain
     out = tmp_path / "out"
     base = ["--out", str(out), "--mpp", "0.25", "--model", str(untrained_model), "-q"]
     a, b = tmp_path / "a", tmp_path / "b"
-    same_stem = CliRunner().invoke(main, ["segment", str(a / "slide.tif"), str(b / "slide.tif"), *base])
+    same_stem = CliRunner().invoke(
+        main, ["segment", str(a / "slide.tif"), str(b / "slide.tif"), *base]
+    )
     assert same_stem.exit_code == 2 and "would both write" in same_stem.output
     assert not out.exists()
     out.mkdir()

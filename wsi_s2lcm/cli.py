@@ -190,7 +190,8 @@ def models_command(as_json: bool) -> None:
 
 @main.command("info")
 @click.argument("slide", type=click.Path(path_type=Path))
-@click.option("--mpp", type=float, default=None, help="µm per pixel at level 0; overrides the file's value.")
+@click.option("--mpp", type=float, default=None,
+              help="µm per pixel at level 0; overrides the file's value.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @verbosity_options
 def info_command(slide: Path, mpp: float | None, as_json: bool) -> None:

@@ -90,7 +90,9 @@ class ModelCard:
             raise ModelError(f"{where}: mpp must be a positive number, not {mpp!r}.")
         normalization = values["normalization"]
         if not (isinstance(normalization, Mapping) and {"mean", "std"} <= set(normalization)):
-            raise ModelError(f"{where}: normalization needs a mean and a std, not {normalization!r}.")
+            raise ModelError(
+                f"{where}: normalization needs a mean and a std, not {normalization!r}."
+            )
         postprocess = values.get("postprocess") or {}
         try:
             from_mapping(PostprocessConfig, postprocess, f"{where}: postprocess")
