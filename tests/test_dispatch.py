@@ -65,9 +65,13 @@ def test_local_workers_share_this_machines_cores():
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:1", "tcp://host:notaport", "bogus://x:1"])
 def test_unreachable_or_malformed_scheduler_is_a_config_error(address):
+    import dask
+
+    before = dask.config.get("scheduler", None)
     with pytest.raises(ConfigError, match="scheduler"):
         with open_dispatcher(scheduler=address, timeout=2):
             pass
+    assert dask.config.get("scheduler", None) == before, "dask's global setting is left alone"
 
 
 def test_task_errors_reach_the_caller():

@@ -103,6 +103,7 @@ def open_dispatcher(
         return
     import dask
     from distributed import Client, LocalCluster
+    from distributed.comm import resolve_address
 
     with dask.config.set({"distributed.worker.daemon": False}):
         if scheduler is not None:
@@ -110,6 +111,9 @@ def open_dispatcher(
                 if scheduler.endswith(".json"):
                     client = Client(scheduler_file=scheduler, timeout=timeout)
                 else:
+                    # A malformed address is refused here, before a Client half-starts and
+                    # leaves dask's global scheduler setting behind.
+                    resolve_address(scheduler)
                     client = Client(scheduler, timeout=timeout)
             except (OSError, TimeoutError, ValueError) as error:
                 raise ConfigError(
