@@ -16,6 +16,7 @@ from skimage.color import hed2rgb, rgb2hed
 
 from wsi_s2lcm.training.scribbles import IGNORE
 
+
 def crop_sample(
     image: np.ndarray,
     target: np.ndarray,

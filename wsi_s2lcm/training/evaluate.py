@@ -17,6 +17,8 @@ from wsi_s2lcm.predictor import autocast
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def normalize(rgb: np.ndarray) -> torch.Tensor:
     """``(N, H, W, 3)`` or ``(H, W, 3)`` RGB in [0, 1] (or uint8) to a normalized NCHW tensor."""
     array = np.asarray(rgb)

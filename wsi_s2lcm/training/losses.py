@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from wsi_s2lcm.training.scribbles import IGNORE
 
+
 def _zero(reference: torch.Tensor) -> torch.Tensor:
     """A zero scalar connected to ``reference``'s graph."""
     return reference.sum() * 0.0

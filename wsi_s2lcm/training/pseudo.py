@@ -13,6 +13,7 @@ import numpy as np
 
 from wsi_s2lcm.training.scribbles import IGNORE
 
+
 def ema_update(
     ybar: np.ndarray | None, prediction: np.ndarray, alpha: float, count: int, init: str = "first"
 ) -> np.ndarray:
