@@ -142,3 +142,22 @@ def test_scribbles_command_checks_every_output_before_writing(monuseg_dir, tmp_p
     result = CliRunner().invoke(scribbles_command, ["--masks", str(masks), "--out", str(out)])
     assert result.exit_code != 0 and "b.geojson" in str(result.exception)
     assert sorted(p.name for p in out.iterdir()) == ["b.geojson"], "a.geojson was not written"
+
+
+def test_scribbles_follow_each_axis_of_a_resized_image(tmp_path):
+    """999 x 1001 px at 0.25 µm/px read at 0.5: 500 x 500 px, 1.998 and 2.002 image px per pixel."""
+    from wsi_s2lcm.training.config import TrainConfig
+    from wsi_s2lcm.training.dataset import load_pair
+
+    Image.fromarray(np.full((1001, 999, 3), 200, np.uint8)).save(tmp_path / "odd.png")
+    line = {"type": "Feature", "geometry": {"type": "LineString",
+                                            "coordinates": [[996.5, 980.5], [996.5, 990.5]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Nucleus"}}}
+    (tmp_path / "odd.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                      "features": [line]}))
+    (item,) = load_pair("odd", tmp_path / "odd.png", tmp_path / "odd.geojson", 0.25,
+                        TrainConfig(mpp=0.5))
+    assert item.image.shape[:2] == (500, 500)
+    rows, cols = np.nonzero(item.target == 1)
+    assert set(cols) == {int(996.5 // 1.998)}, "x follows the x scale (498), not y's (497)"
+    assert rows.min() == int(980.5 // 2.002) and rows.max() == int(990.5 // 2.002)

@@ -13,10 +13,18 @@ import numpy as np
 from skimage.draw import polygon as fill_polygon
 
 
+def axis_scales(scale: float | tuple[float, float]) -> tuple[float, float]:
+    """``(x, y)`` frame units per raster pixel from one scale or a pair."""
+    if isinstance(scale, (int, float)):
+        return float(scale), float(scale)
+    scale_x, scale_y = scale
+    return float(scale_x), float(scale_y)
+
+
 def rasterize_polygons(
     polygons: Iterable[object],
     shape: tuple[int, int],
-    scale: float = 1.0,
+    scale: float | tuple[float, float] = 1.0,
     offset_xy: tuple[float, float] = (0.0, 0.0),
     labels: Iterable[int] | None = None,
     dtype: type = np.uint32,
@@ -32,7 +40,8 @@ def rasterize_polygons(
     shape
         ``(height, width)`` of the raster.
     scale
-        Frame units per raster pixel.
+        Frame units per raster pixel, or ``(x, y)`` units when the axes differ (an image resized
+        to a whole number of pixels on each axis).
     offset_xy
         Frame coordinates of the raster's top-left corner.
     labels
@@ -62,13 +71,14 @@ def _paint_ring(
     raster: np.ndarray,
     coords: Iterable[tuple[float, float]],
     value: int,
-    scale: float,
+    scale: float | tuple[float, float],
     offset_xy: tuple[float, float],
 ) -> None:
     xy = np.asarray(coords, dtype=np.float64)
     if len(xy) < 3:
         return
-    cols = (xy[:, 0] - offset_xy[0]) / scale - 0.5
-    rows = (xy[:, 1] - offset_xy[1]) / scale - 0.5
+    scale_x, scale_y = axis_scales(scale)
+    cols = (xy[:, 0] - offset_xy[0]) / scale_x - 0.5
+    rows = (xy[:, 1] - offset_xy[1]) / scale_y - 0.5
     rr, cc = fill_polygon(rows, cols, shape=raster.shape)
     raster[rr, cc] = value

@@ -203,10 +203,10 @@ def load_pair(
     image = read_image_file(image_path)
     scale = config.mpp / image_mpp
     shape = (max(round(image.shape[0] / scale), 1), max(round(image.shape[1] / scale), 1))
-    target = scribble_target(
-        scribbles, shape, image.shape[0] / shape[0], stroke, str(scribble_path)
-    )
-    ids = rasterize_nucleus_ids(scribbles, shape, image.shape[0] / shape[0], stroke_width=stroke)
+    # Each axis is resized to a whole number of pixels, so the two scales may differ a little.
+    scale = (image.shape[1] / shape[1], image.shape[0] / shape[0])
+    target = scribble_target(scribbles, shape, scale, stroke, str(scribble_path))
+    ids = rasterize_nucleus_ids(scribbles, shape, scale, stroke_width=stroke)
     return [TrainImage(stem, str(image_path), resample(image, shape), target, ids, image_mpp)]
 
 

@@ -16,7 +16,7 @@ import shapely
 
 from wsi_s2lcm.errors import AnnotationError
 from wsi_s2lcm.qupath.imports import BACKGROUND, NUCLEUS, Scribble
-from wsi_s2lcm.rasterize import rasterize_polygons
+from wsi_s2lcm.rasterize import axis_scales, rasterize_polygons
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ IGNORE = 255
 def rasterize_scribbles(
     scribbles: Sequence[Scribble],
     shape: tuple[int, int],
-    scale: float = 1.0,
+    scale: float | tuple[float, float] = 1.0,
     offset_xy: tuple[float, float] = (0.0, 0.0),
     stroke_width: float = 1.0,
 ) -> np.ndarray:
@@ -41,7 +41,7 @@ def rasterize_scribbles(
     shape
         ``(height, width)`` of the target.
     scale
-        Frame units per raster pixel.
+        Frame units per raster pixel, or ``(x, y)`` units when the axes differ.
     offset_xy
         Frame coordinates of the raster's top-left corner.
     stroke_width
@@ -74,7 +74,7 @@ def rasterize_scribbles(
 def rasterize_nucleus_ids(
     scribbles: Sequence[Scribble],
     shape: tuple[int, int],
-    scale: float = 1.0,
+    scale: float | tuple[float, float] = 1.0,
     offset_xy: tuple[float, float] = (0.0, 0.0),
     stroke_width: float = 1.0,
 ) -> np.ndarray:
@@ -109,7 +109,7 @@ def _paint_line(
     raster: np.ndarray,
     line: object,
     radius: float,
-    scale: float = 1.0,
+    scale: float | tuple[float, float] = 1.0,
     offset_xy: tuple[float, float] = (0.0, 0.0),
     value: object = True,
 ) -> None:
@@ -118,7 +118,8 @@ def _paint_line(
     ``line`` is in the frame of :func:`rasterize_scribbles` (``scale`` units per raster pixel,
     ``offset_xy`` at the raster's top-left corner); ``radius`` is in raster pixels.
     """
-    line = shapely.transform(line, lambda xy: (xy - np.asarray(offset_xy)) / scale)
+    units = np.asarray(axis_scales(scale))
+    line = shapely.transform(line, lambda xy: (xy - np.asarray(offset_xy)) / units)
     x0, y0, x1, y1 = line.bounds
     height, width = raster.shape
     cols = np.arange(max(int(np.floor(x0 - radius)), 0), min(int(np.ceil(x1 + radius)) + 1, width))
@@ -133,7 +134,7 @@ def _paint_line(
 def scribble_target(
     scribbles: Sequence[Scribble],
     shape: tuple[int, int],
-    scale: float,
+    scale: float | tuple[float, float],
     stroke_width: float,
     where: str,
     offset_xy: tuple[float, float] = (0.0, 0.0),
@@ -160,15 +161,16 @@ def scribble_target(
         If no scribble pixel falls inside the image.
     """
     height, width = shape
+    scale_x, scale_y = axis_scales(scale)
     frame = shapely.box(
-        offset_xy[0], offset_xy[1], offset_xy[0] + width * scale, offset_xy[1] + height * scale
+        offset_xy[0], offset_xy[1], offset_xy[0] + width * scale_x, offset_xy[1] + height * scale_y
     )
     inside = [s for s in scribbles if s.geometry.intersects(frame)]
     outside = len(scribbles) - len(inside)
     if outside:
         logger.warning(
             "%s: %d of %d scribble(s) lie outside the image (%.0f x %.0f px); skipped",
-            where, outside, len(scribbles), width * scale, height * scale,
+            where, outside, len(scribbles), width * scale_x, height * scale_y,
         )
     target = rasterize_scribbles(inside, shape, scale, offset_xy, stroke_width)
     if not (target != IGNORE).any():
@@ -176,7 +178,7 @@ def scribble_target(
         raise AnnotationError(
             f"{where}: no scribble falls inside the image (scribbles span x {bounds[0]:.0f}-"
             f"{bounds[2]:.0f}, y {bounds[1]:.0f}-{bounds[3]:.0f}; the image is "
-            f"{width * scale:.0f} x {height * scale:.0f} px); were they exported from another "
+            f"{width * scale_x:.0f} x {height * scale_y:.0f} px); were they exported from another "
             "image, or is --mpp wrong?"
         )
     return target
