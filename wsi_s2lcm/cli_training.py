@@ -42,6 +42,7 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff")
 def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, ratio: float,
                       seed: int, overwrite: bool) -> None:
     """Generate scribbles from instance masks (the Scribble2Label recipe), as QuPath GeoJSON."""
+    from wsi_s2lcm.atomic import write_text_atomic
     from wsi_s2lcm.label_files import read_label_image
     from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 
@@ -65,9 +66,7 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
         manifest["files"][mask_path.stem] = counts
         logger.info("%s: %d nucleus and %d background scribbles (%d nuclei)", out_path,
                     counts["nucleus_scribbles"], counts["background_scribbles"], counts["nuclei"])
-    partial = out_dir / f"{MANIFEST_FILE}.partial"
-    partial.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    partial.replace(out_dir / MANIFEST_FILE)
+    write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
 
 def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:

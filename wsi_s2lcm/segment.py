@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from wsi_s2lcm.atomic import write_text_atomic
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.outputs import OutputPaths, RunOutputs
 from wsi_s2lcm.predictor import (
@@ -276,10 +277,4 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(json.dumps(values, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(values, indent=2, default=str) + "\n")

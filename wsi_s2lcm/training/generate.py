@@ -22,6 +22,8 @@ from scipy import ndimage
 from skimage.feature import corner_harris, corner_peaks
 from skimage.morphology import skeletonize
 
+from wsi_s2lcm.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 CLASS_COLORS = {"Nucleus": [200, 0, 0], "Background": [0, 160, 0]}
@@ -179,13 +181,10 @@ def write_scribbles_from_labels(
     """
     nucleus, background = scribbles_from_labels(labels, ratio, seed)
     features = scribble_features(nucleus, background, seed)
-    out_path = Path(out_path)
-    partial = out_path.with_name(out_path.name + ".partial")
-    partial.write_text(
+    write_text_atomic(
+        out_path,
         json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":")),
-        encoding="utf-8",
     )
-    partial.replace(out_path)
     return {
         "nuclei": int(len(np.unique(labels)) - (labels == 0).any()),
         "nucleus_scribbles": int(nucleus.max()),

@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any, Sequence
 
+from wsi_s2lcm.atomic import write_text_atomic
+
 LOG_FILE = "train_log.jsonl"
 CURVES_FILE = "curves.png"
 LOSS_KEYS = ("loss", "pce", "pseudo", "mcr_full", "mcr_quarter", "mil")
@@ -25,12 +27,10 @@ def read_log(directory: Path) -> list[dict[str, Any]]:
 
 def write_log(directory: Path, records: Sequence[dict[str, Any]]) -> None:
     """Rewrite the epoch log (one JSON object per line) atomically."""
-    path = Path(directory) / LOG_FILE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(
-        "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records), encoding="utf-8"
+    write_text_atomic(
+        Path(directory) / LOG_FILE,
+        "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records),
     )
-    partial.replace(path)
 
 
 def plot_curves(directory: Path, records: Sequence[dict[str, Any]]) -> Path:
