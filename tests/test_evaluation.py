@@ -191,10 +191,11 @@ def test_csv_and_table_hold_every_image_and_the_mean(gt_dir: Path, tmp_path: Pat
     assert format_table(result.rows, digits=2).splitlines()[2].split()[1] == "1.00"
 
 
-def test_stems_pair_on_the_first_dot_and_unpaired_files_are_reported(
+def test_stems_pair_without_the_label_suffix_and_unpaired_files_are_reported(
     tmp_path: Path, gt_dir: Path
 ) -> None:
     assert file_stem(Path("a/slide.geojson.gz")) == file_stem(Path("slide.png")) == "slide"
+    assert file_stem(Path("case.1.TIF")) == "case.1"
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
     (pred_dir / f"{STEMS[0]}.png").write_bytes((gt_dir / f"{STEMS[0]}.png").read_bytes())
@@ -209,11 +210,23 @@ def test_stems_pair_on_the_first_dot_and_unpaired_files_are_reported(
     )
     beside = evaluate_dirs(pred_dir, gt_dir)
     assert beside.rows == result.rows
-    assert any("overlay.png ignored" in message for message in beside.warnings)
+    assert not any("overlay" in message for message in beside.warnings)
     (pred_dir / f"{STEMS[0]}.tif").write_bytes(b"twin")
     twin = evaluate_dirs(pred_dir, gt_dir)
     assert twin.rows == result.rows
     assert any(".tif" in message and "ignored" in message for message in twin.warnings)
+
+
+def test_dotted_names_pair_whole(tmp_path: Path, gt_labels) -> None:
+    """``case.1`` and ``case.2`` are two images, each paired with its own ground truth."""
+    first, second = (gt_labels[stem] for stem in STEMS)
+    truths = {"case.1": first, "case.2": second}
+    gt_dir = _save_all(tmp_path / "gt", truths)
+    pred_dir = _save_all(tmp_path / "pred", truths, suffix=".tif")
+    result = evaluate_dirs(pred_dir, gt_dir)
+    assert [row["image"] for row in result.rows] == ["case.1", "case.2"]
+    assert all(float(row["aji"]) == 1.0 for row in result.rows)
+    assert result.rows[1]["n_gt"] == len(np.unique(second)) - 1
 
 
 def test_segment_outputs_pair_by_their_geojson(tmp_path: Path, gt_dir: Path) -> None:

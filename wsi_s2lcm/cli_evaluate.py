@@ -57,7 +57,7 @@ def evaluate_command(
     """Score predicted nuclei against ground truth, per image and on average.
 
     Reports pixel Dice, foreground IoU, AJI, PQ (with DQ and SQ, matched at IoU > 0.5) and
-    Scribble2Label's object Dice. Files pair by stem (the name up to the first dot).
+    Scribble2Label's object Dice. Files pair by stem (the name without its label suffix).
     """
     if out_csv is None:
         out_csv = pred_dir / "evaluation.csv"

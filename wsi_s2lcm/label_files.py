@@ -2,8 +2,10 @@
 
 Either side of an evaluation may hold label images (PNG or TIFF, any integer dtype, 0 =
 background) or GeoJSON (a QuPath FeatureCollection or an array of Features, optionally gzipped)
-in the image's pixel frame. A file's stem is its name up to the first dot, so ``slide.geojson``,
-``slide.geojson.gz`` and ``slide.png`` pair. GeoJSON polygons are rasterized into the shape of the
+in the image's pixel frame. A file's stem is its name without the label suffix, so
+``slide.geojson``, ``slide.geojson.gz`` and ``slide.png`` pair, and ``case.1.png`` and
+``case.2.png`` stay apart. The outline overlay that ``wsi-s2lcm segment`` writes
+(``slide.overlay.png``) is not a label file and is skipped. GeoJSON polygons are rasterized into the shape of the
 other side's label image; when both sides are GeoJSON the shape comes from ``shape``, from an image
 of the same stem, or from the union of the polygons' bounds. ``wsi-s2lcm scribbles`` reads its
 masks with :func:`read_label_image` too.
@@ -25,10 +27,12 @@ from wsi_s2lcm.errors import AnnotationError, UserInputError
 
 logger = logging.getLogger(__name__)
 
-#: Of several files with one stem, the first suffix here wins (after the fewest dotted parts).
+#: Of several files with one stem, the first suffix here wins.
 SUFFIX_PREFERENCE = (".geojson", ".geojson.gz", ".png", ".tif", ".tiff", ".json", ".json.gz")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+#: Written by ``wsi-s2lcm segment`` beside its GeoJSON: a picture of the outlines, not labels.
+OVERLAY_SUFFIX = ".overlay.png"
 MAX_RASTER_PIXELS = 400_000_000
 
 
@@ -49,13 +53,27 @@ def note(notes: list[str], message: str) -> None:
     logger.warning(message)
 
 
+def strip_suffix(path: Path, suffixes: tuple[str, ...]) -> str:
+    """``path``'s name without the longest of ``suffixes`` it ends with (case-insensitive).
+
+    A name that ends with none of them loses its last suffix only (:attr:`Path.stem`).
+    """
+    name = path.name
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def file_stem(path: Path) -> str:
-    """A file's name up to its first dot: the key that pairs predictions with ground truth."""
-    return path.name.split(".", 1)[0]
+    """A file's name without its label suffix: the key that pairs predictions with ground truth."""
+    return strip_suffix(path, GEOJSON_SUFFIXES + IMAGE_SUFFIXES)
 
 
 def _kind(path: Path) -> str | None:
     name = path.name.lower()
+    if name.endswith(OVERLAY_SUFFIX):
+        return None
     if name.endswith(GEOJSON_SUFFIXES):
         return "geojson"
     if name.endswith(IMAGE_SUFFIXES):
@@ -64,11 +82,11 @@ def _kind(path: Path) -> str | None:
 
 
 def index_label_files(directory: Path, role: str, notes: list[str]) -> dict[str, Path]:
-    """Label image and GeoJSON files by stem; of several, the one with the fewest dotted parts,
-    then by suffix preference (:data:`SUFFIX_PREFERENCE`).
+    """Label image and GeoJSON files by stem; of several, the first by suffix preference
+    (:data:`SUFFIX_PREFERENCE`).
 
-    So ``slide.geojson`` is taken over the run summary ``slide.json`` and the overlay
-    ``slide.overlay.png`` that ``wsi-s2lcm segment`` writes beside it; every choice is noted.
+    So ``slide.geojson`` is taken over the run summary ``slide.json`` that ``wsi-s2lcm segment``
+    writes beside it; every choice is noted.
     """
     if not directory.is_dir():
         raise UserInputError(
@@ -81,7 +99,7 @@ def index_label_files(directory: Path, role: str, notes: list[str]) -> dict[str,
             by_stem.setdefault(file_stem(path), []).append(path)
     found: dict[str, Path] = {}
     for stem, paths in by_stem.items():
-        paths.sort(key=lambda path: (path.name.count("."), _suffix_rank(path), path.name))
+        paths.sort(key=lambda path: (_suffix_rank(path), path.name))
         if len(paths) > 1:
             ignored = ", ".join(path.name for path in paths[1:])
             note(notes, f"{role} {paths[0].name} used; {ignored} ignored")

@@ -22,6 +22,7 @@ import numpy as np
 import shapely
 
 from wsi_s2lcm.errors import AnnotationError, ConfigError
+from wsi_s2lcm.label_files import strip_suffix
 from wsi_s2lcm.qupath.imports import Scribble, read_scribbles
 from wsi_s2lcm.slide import ImageSlide, open_slide, read_image_file
 from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST
@@ -69,12 +70,8 @@ class TrainImage:
 
 
 def file_stem(path: Path) -> str:
-    """A file's name without its (possibly double) suffix."""
-    name = path.name
-    for suffix in SCRIBBLE_SUFFIXES + IMAGE_SUFFIXES + SLIDE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """A file's name without its (possibly double) image, slide or scribble suffix."""
+    return strip_suffix(path, SCRIBBLE_SUFFIXES + IMAGE_SUFFIXES + SLIDE_SUFFIXES)
 
 
 def pair_files(
