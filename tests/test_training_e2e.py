@@ -19,7 +19,7 @@ from wsi_s2lcm.errors import AnnotationError, ConfigError, OutputExistsError
 from wsi_s2lcm.models import load_model, read_card, resolve_model
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.config import TrainConfig, load_train_config, with_defaults
-from wsi_s2lcm.training.evaluate import normalize
+from wsi_s2lcm.training.inference import normalize
 
 STEMS = ("TCGA-A7-A13E-01Z-00-DX1", "TCGA-HE-7129-01Z-00-DX1")
 TINY = """

@@ -21,7 +21,7 @@ from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.models import load_model, read_card, write_card
 from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.training.dataset import TrainImage
-from wsi_s2lcm.training.evaluate import predict_probability
+from wsi_s2lcm.training.inference import predict_probability
 
 logger = logging.getLogger(__name__)
 

@@ -39,8 +39,9 @@ from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.calibrate import calibrate_model
 from wsi_s2lcm.training.config import TrainConfig, with_defaults
 from wsi_s2lcm.training.dataset import TrainImage
-from wsi_s2lcm.training.evaluate import (
-    IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability, scribble_metrics,
+from wsi_s2lcm.training.evaluate import scribble_metrics
+from wsi_s2lcm.training.inference import (
+    IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability,
 )
 from wsi_s2lcm.training.pseudo import EmaMaps, pseudo_labels
 from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
