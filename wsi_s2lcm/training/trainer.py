@@ -122,13 +122,13 @@ def train_model(
         _load_initial_weights(network, config.init_model)
     network = network.to(device).to(memory_format=torch.channels_last)
     optimizer = _optimizer(network, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and on_cuda)
     ema = EmaMaps(config.ema_alpha, config.pseudo_threshold, config.ema_init)
     run = {"epoch": 0, "best": float("inf"), "best_epoch": -1, "best_metrics": {},
            "seconds": 0.0}
     history: list[dict[str, Any]] = []
+    scaler_state: dict = {}
     if resume:
-        _load_state(state_path, config, network, optimizer, scaler, ema, run)
+        scaler_state = _load_state(state_path, config, network, optimizer, ema, run)
         history = [r for r in read_log(out_dir) if r["epoch"] <= run["epoch"]]
         logger.info("resuming %s at epoch %d", out_dir, run["epoch"] + 1)
         # A run continues in the precision it started in; states saved before bfloat16 on the
@@ -137,6 +137,10 @@ def train_model(
     else:
         run["amp"] = config.amp if on_cuda else config.cpu_bfloat16
     amp = bool(run["amp"])
+    # Built once the run's precision is known: a resumed run keeps the precision it started in.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and on_cuda)
+    if scaler_state and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
     logger.info("training on %s in %s", device, precision_name(device, amp))
     context = _Context(network, config, device, amp, name or out_dir.resolve().name,
                        dict(record or {}), [t.key for t in val_images],
@@ -491,7 +495,9 @@ def _save_state(path: Path, config, network, optimizer, scaler, ema, run) -> Non
     partial.replace(path)
 
 
-def _load_state(path: Path, config, network, optimizer, scaler, ema, run) -> None:
+def _load_state(path: Path, config, network, optimizer, ema, run) -> dict:
+    """Restore a saved run into ``network``, ``optimizer``, ``ema`` and ``run``; return the
+    gradient scaler's state (empty when the run had none), for the scaler built afterwards."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved = with_defaults(state["config"])
     changed = sorted(k for k, v in config.to_dict().items()
@@ -503,7 +509,7 @@ def _load_state(path: Path, config, network, optimizer, scaler, ema, run) -> Non
         )
     network.load_state_dict(state["network"])
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
     ema.maps = {k: v.numpy() for k, v in state["ema_maps"].items()}
     ema.counts = {k: int(v) for k, v in state["ema_counts"].items()}
     run.update(state["run"])
+    return dict(state["scaler"])
