@@ -120,3 +120,19 @@ def test_border_makes_the_decision_independent_of_the_cut():
 def test_config_refuses_negative_contrast():
     with pytest.raises(ConfigError, match="min_hematoxylin_contrast"):
         PostprocessConfig(min_hematoxylin_contrast=-1.0)
+
+
+TEAL_INK = (60, 130, 140)  # green-blue tissue-marking ink: dark, hematoxylin-like OD
+
+
+def test_drops_objects_greener_than_red():
+    labels, rgb, probability = _scene([PURPLE, TEAL_INK, PURPLE])
+    assert hematoxylin_od(np.array([TEAL_INK]))[0] > hematoxylin_od(np.array([STROMA]))[0]
+    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    assert kept.max() == 2
+    assert np.array_equal(kept > 0, (labels == 1) | (labels == 3))
+    without = dataclasses.replace(CONFIG, drop_green=False)
+    assert np.array_equal(drop_unstained(labels, rgb, probability, without, MPP) > 0, labels > 0)
+    only_green = dataclasses.replace(CONFIG, min_hematoxylin_contrast=0.0)
+    labels, rgb, probability = _scene([PINK, TEAL_INK])
+    assert np.array_equal(drop_unstained(labels, rgb, probability, only_green, MPP) > 0, labels == 1)

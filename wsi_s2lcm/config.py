@@ -98,6 +98,10 @@ class PostprocessConfig:
         times that of the background pixels around it (within
         :data:`~wsi_s2lcm.postprocess.RING_UM`); the default 1.0 drops objects no darker in
         hematoxylin than their surroundings, such as eosin-stained stroma. 0 keeps every object.
+    drop_green : bool
+        Drop objects whose mean colour is greener than it is red. Hematoxylin and eosin both
+        absorb green at least as much as red, so an H&E-stained object never is; green and teal
+        tissue-marking ink is. Turn off for a green counterstain (methyl green).
     """
 
     threshold: float = 0.5
@@ -106,6 +110,7 @@ class PostprocessConfig:
     separate: bool = True
     h_um: float = 0.75
     min_hematoxylin_contrast: float = 1.0
+    drop_green: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

@@ -4,7 +4,8 @@
 touching nuclei with a watershed on the Euclidean distance transform seeded by h-maxima, keeps
 each object's largest 4-connected part and removes small objects. :func:`drop_unstained` then
 removes objects no darker in hematoxylin than the background around them (the network's typical
-mistake on slides stained pinker than its training data: blobs of eosin-stained stroma).
+mistake on slides stained pinker than its training data: blobs of eosin-stained stroma) and
+objects greener than red (tissue-marking ink).
 :func:`label_table` lists the bounding box, size and centroid of every label, which the tiling's
 ownership rule needs.
 
@@ -140,12 +141,15 @@ def drop_unstained(
     mpp: float,
     border: int = 0,
 ) -> np.ndarray:
-    """Remove objects that are no darker in hematoxylin than the background around them.
+    """Remove objects that are no darker in hematoxylin than the background around them, and
+    objects greener than red (ink).
 
     An object is kept when its mean hematoxylin optical density (:mod:`wsi_s2lcm.stain`) is at
     least ``config.min_hematoxylin_contrast`` times the mean over its ring: the pixels within
     :data:`RING_UM` of it whose probability is at most ``config.threshold``. An object with no
-    such pixel around it is kept.
+    such pixel around it passes this test. With ``config.drop_green``, an object whose mean
+    green exceeds its mean red is removed: neither hematoxylin nor eosin makes a pixel so, while
+    green and teal tissue-marking ink does.
 
     Parameters
     ----------
@@ -157,7 +161,7 @@ def drop_unstained(
         near the edge of ``labels`` are whole; a ``border`` of ``RING_UM / mpp`` pixels or more
         makes the decision independent of where the array was cut.
     config
-        ``threshold`` and ``min_hematoxylin_contrast`` (0 keeps every object).
+        ``threshold``, ``min_hematoxylin_contrast`` (0 keeps every object) and ``drop_green``.
     mpp
         µm per pixel of all three arrays.
     border
@@ -177,32 +181,57 @@ def drop_unstained(
             f"grown by border={border} on each side."
         )
     contrast = config.min_hematoxylin_contrast
-    if contrast <= 0 or not labels.any():
+    if (contrast <= 0 and not config.drop_green) or not labels.any():
         return labels
+    padded = np.pad(labels, border) if border else labels
+    drop = np.zeros(int(labels.max()) + 1, dtype=bool)
+    if config.drop_green:
+        drop |= _greener_than_red(padded, rgb)
+    if contrast > 0:
+        drop |= _paler_than_ring(padded, rgb, probability, config, mpp)
+    if not drop.any():
+        return labels
+    logger.debug("dropped %d object(s) by the stain check", int(drop.sum()))
+    return _remove_small_and_relabel(np.where(drop[labels], 0, labels), 0)
+
+
+def _greener_than_red(labels: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """For each label value ``0..max``, whether its pixels' mean green exceeds their mean red."""
+    index = np.arange(int(labels.max()) + 1)
+    red = ndi.sum(rgb[..., 0].astype(np.float64), labels, index)
+    green = ndi.sum(rgb[..., 1].astype(np.float64), labels, index)
+    greener = green > red
+    greener[0] = False
+    return greener
+
+
+def _paler_than_ring(
+    labels: np.ndarray, rgb: np.ndarray, probability: np.ndarray, config: PostprocessConfig,
+    mpp: float,
+) -> np.ndarray:
+    """For each label value ``0..max``, whether its mean hematoxylin OD is below
+    ``config.min_hematoxylin_contrast`` times that of its ring (see :func:`drop_unstained`)."""
+    contrast = config.min_hematoxylin_contrast
     radius = RING_UM / mpp
     reach = int(np.ceil(radius))
-    padded = np.pad(labels, border) if border else labels
     hematoxylin = hematoxylin_od(rgb)
     background = probability <= config.threshold
-    rows, cols = padded.shape
+    rows, cols = labels.shape
     drop = np.zeros(int(labels.max()) + 1, dtype=bool)
-    for value, box in enumerate(ndi.find_objects(padded.astype(np.intp, copy=False)), start=1):
+    for value, box in enumerate(ndi.find_objects(labels.astype(np.intp, copy=False)), start=1):
         if box is None:
             continue
         grown = (
             slice(max(box[0].start - reach, 0), min(box[0].stop + reach, rows)),
             slice(max(box[1].start - reach, 0), min(box[1].stop + reach, cols)),
         )
-        inside = padded[grown] == value
+        inside = labels[grown] == value
         ring = (ndi.distance_transform_edt(~inside) <= radius) & ~inside & background[grown]
         if not ring.any():
             continue
         local = hematoxylin[grown]
         drop[value] = local[inside].mean() < contrast * local[ring].mean()
-    if not drop.any():
-        return labels
-    logger.debug("dropped %d object(s) no darker in hematoxylin than their ring", int(drop.sum()))
-    return _remove_small_and_relabel(np.where(drop[labels], 0, labels), 0)
+    return drop
 
 
 def label_table(labels: np.ndarray) -> list[LabelInfo]:
