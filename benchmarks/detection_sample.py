@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mpp", type=float, default=None, help="the slide's µm/px, if it records none")
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="the slide's µm/px, if it records none")
     args = parser.parse_args(argv)
     store = zarr.open(str(args.labels), mode="r")
     labels = np.asarray(store[:])
@@ -84,10 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(values), PER_SHEET):
         sheet = crop_sheet(rgb, labels, values[start:start + PER_SHEET], side)
         sheet.save(args.out / f"sheet{start // PER_SHEET}.png")
-    (args.out / "drawn.json").write_text(
-        json.dumps({"labels": str(args.labels), "seed": args.seed, "values": values.tolist()}) + "\n",
-        encoding="utf-8",
-    )
+    drawn = {"labels": str(args.labels), "seed": args.seed, "values": values.tolist()}
+    (args.out / "drawn.json").write_text(json.dumps(drawn) + "\n", encoding="utf-8")
     sys.stdout.write(f"wrote {-(-len(values) // PER_SHEET)} sheet(s) to {args.out}\n")
     return 0
 

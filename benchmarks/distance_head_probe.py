@@ -134,7 +134,10 @@ def train_head(samples: list[dict], steps: int, seed: int = 0) -> nn.Sequential:
         valid = torch.from_numpy(np.stack(valids))
         error = (out - target) ** 2
         nucleus, background = valid & (target > 0), valid & (target == 0)
-        loss = error[nucleus].mean() + error[background].mean() if nucleus.any() else error[valid].mean()
+        if nucleus.any():
+            loss = error[nucleus].mean() + error[background].mean()
+        else:
+            loss = error[valid].mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -165,7 +168,8 @@ def summarize(rows: list[dict], errors: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scribbles", type=Path, default=ROOT / "runs" / "monuseg-scribbles-r0.5-s0")
+    parser.add_argument("--scribbles", type=Path,
+                        default=ROOT / "runs" / "monuseg-scribbles-r0.5-s0")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "distance-head-probe.json")
@@ -180,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         image = np.asarray(Image.open(DATA / "images" / f"{stem}.tif").convert("RGB"))
         probability, features = decoder_features(model.network, image)
         labels = instances_from_probability(probability, config, MPP)
-        ids = rasterize_nucleus_ids(read_scribbles(args.scribbles / f"{stem}.geojson"), labels.shape)
+        scribbles = read_scribbles(args.scribbles / f"{stem}.geojson")
+        ids = rasterize_nucleus_ids(scribbles, labels.shape)
         target, valid, isolated = pseudo_target(labels, probability, ids)
         samples[stem] = {"image": image, "probability": probability, "features": features,
                          "target": target, "valid": valid, "ids": ids, "isolated": isolated}

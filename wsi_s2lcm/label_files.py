@@ -5,8 +5,8 @@ background) or GeoJSON (a QuPath FeatureCollection or an array of Features, opti
 in the image's pixel frame. A file's stem is its name without the label suffix, so
 ``slide.geojson``, ``slide.geojson.gz`` and ``slide.png`` pair, and ``case.1.png`` and
 ``case.2.png`` stay apart. The outline overlay that ``wsi-s2lcm segment`` writes
-(``slide.overlay.png``) is not a label file and is skipped. GeoJSON polygons are rasterized into the shape of the
-other side's label image; when both sides are GeoJSON the shape comes from ``shape``, from an image
+(``slide.overlay.png``) is not a label file and is skipped. GeoJSON polygons are rasterized into
+the shape of the other side's label image; when both sides are GeoJSON the shape comes from ``shape``, from an image
 of the same stem, or from the union of the polygons' bounds. ``wsi-s2lcm scribbles`` reads its
 masks with :func:`read_label_image` too.
 """

@@ -7,6 +7,7 @@ Modules: :mod:`~wsi_s2lcm.training.config` (the :class:`TrainConfig`),
 :mod:`~wsi_s2lcm.training.augment`, :mod:`~wsi_s2lcm.training.pseudo` (EMA pseudo labels),
 :mod:`~wsi_s2lcm.training.losses` (pCE, MCR, pMIL), :mod:`~wsi_s2lcm.training.inference`
 (whole-image prediction), :mod:`~wsi_s2lcm.training.evaluate` (held-out scribble metrics),
-:mod:`~wsi_s2lcm.training.calibrate` (separation height), :mod:`~wsi_s2lcm.training.records` (log, curves) and
+:mod:`~wsi_s2lcm.training.calibrate` (separation height), :mod:`~wsi_s2lcm.training.records`
+(log, curves) and
 :mod:`~wsi_s2lcm.training.trainer` (the loop).
 """
