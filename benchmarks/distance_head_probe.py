@@ -166,14 +166,51 @@ def summarize(rows: list[dict], errors: list[dict]) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_parser(description: str, steps: int, out: str) -> argparse.ArgumentParser:
+    """The options both distance probes take."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--scribbles", type=Path,
                         default=ROOT / "runs" / "monuseg-scribbles-r0.5-s0")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "distance-head-probe.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
+    return parser
+
+
+def score_separations(
+    validation: dict[str, dict], config: PostprocessConfig, baseline: str, learned: str
+) -> dict[str, dict]:
+    """Score the distance-transform separation and the learned one at each of :data:`HEIGHTS`.
+
+    ``validation`` holds, per image, ``image``, ``probability``, ``distance`` (learned),
+    ``truth`` (instance labels) and ``ids`` (nucleus-scribble ids). Rows are named ``baseline``
+    and ``f"{learned}, h {height}"``; the stain check follows each separation.
+    """
+
+    def score(separate) -> dict:
+        rows, errors = [], []
+        for sample in validation.values():
+            probability = sample["probability"]
+            labels = separate(probability, sample["distance"])
+            labels = drop_unstained(labels, sample["image"], probability, config, MPP)
+            rows.append(evaluate_pair(labels, sample["truth"]))
+            errors.append(scribble_errors(labels, sample["ids"]))
+        return summarize(rows, errors)
+
+    results = {baseline: score(lambda p, d: instances_from_probability(p, config, MPP))}
+    for height in HEIGHTS:
+        results[f"{learned}, h {height}"] = score(
+            lambda p, d, h=height: split_by_distance(p, d, config, h))
+    return results
+
+
+def read_truth(stem: str) -> np.ndarray:
+    """The full instance labels of one MoNuSeg image (reported only, never used to select)."""
+    return np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = probe_parser(__doc__.splitlines()[0], 1200, "distance-head-probe.json").parse_args(argv)
     torch.set_num_threads(args.threads)
     split = json.loads(SPLIT.read_text())
     model = load_model(None)
@@ -190,29 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         samples[stem] = {"image": image, "probability": probability, "features": features,
                          "target": target, "valid": valid, "ids": ids, "isolated": isolated}
     head = train_head([samples[stem] for stem in split["train"]], args.steps)
-    results = {}
-    rows, errors = [], []
+    validation = {}
     for stem in split["validation"]:
         sample = samples[stem]
-        truth = np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
-        sample["truth"] = truth
         with torch.inference_mode():
             features = torch.from_numpy(sample["features"][None].astype(np.float32))
-            sample["distance"] = torch.sigmoid(head(features))[0, 0].numpy()
-        labels = instances_from_probability(sample["probability"], config, MPP)
-        labels = drop_unstained(labels, sample["image"], sample["probability"], config, MPP)
-        rows.append(evaluate_pair(labels, truth))
-        errors.append(scribble_errors(labels, sample["ids"]))
-    results["shipped (distance transform, h_um %.2f)" % config.h_um] = summarize(rows, errors)
-    for height in HEIGHTS:
-        rows, errors = [], []
-        for stem in split["validation"]:
-            sample = samples[stem]
-            labels = split_by_distance(sample["probability"], sample["distance"], config, height)
-            labels = drop_unstained(labels, sample["image"], sample["probability"], config, MPP)
-            rows.append(evaluate_pair(labels, sample["truth"]))
-            errors.append(scribble_errors(labels, sample["ids"]))
-        results[f"learned distance, h {height}"] = summarize(rows, errors)
+            distance = torch.sigmoid(head(features))[0, 0].numpy()
+        validation[stem] = {**sample, "distance": distance, "truth": read_truth(stem)}
+    results = score_separations(
+        validation, config, "shipped (distance transform, h_um %.2f)" % config.h_um,
+        "learned distance",
+    )
     record = {
         "seconds": round(time.perf_counter() - started, 1),
         "steps": args.steps,

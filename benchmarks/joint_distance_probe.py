@@ -16,11 +16,9 @@ on 2 CPU cores)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,14 +27,12 @@ from PIL import Image
 from torch import nn
 
 from distance_head_probe import (
-    DATA, HEIGHTS, MPP, ROOT, SPLIT, pseudo_target, split_by_distance, summarize,
+    DATA, MPP, SPLIT, probe_parser, pseudo_target, read_truth, score_separations,
 )
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.metrics import evaluate_pair
 from wsi_s2lcm.models import load_model
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability
+from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.qupath.imports import read_scribbles
-from wsi_s2lcm.training.calibrate import scribble_errors
 from wsi_s2lcm.training.inference import normalize, predict_probability
 from wsi_s2lcm.training.scribbles import IGNORE, rasterize_nucleus_ids, scribble_target
 
@@ -103,12 +99,7 @@ def predict(network: nn.Module, head: nn.Module, image: np.ndarray) -> tuple[np.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scribbles", type=Path,
-                        default=ROOT / "runs" / "monuseg-scribbles-r0.5-s0")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "joint-distance-probe.json")
+    parser = probe_parser(__doc__.splitlines()[0], 600, "joint-distance-probe.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -129,26 +120,17 @@ def main(argv: list[str] | None = None) -> int:
                          "distance": distance, "valid": valid}
     head = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 1, 1))
     finetune(model.network, head, [samples[stem] for stem in split["train"]], args.steps)
-    outputs = {}
+    validation = {}
     for stem in split["validation"]:
-        probability, distance = predict(model.network, head, samples[stem]["image"])
-        truth = np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
-        outputs[stem] = (probability, distance, truth)
-
-    def score(segment) -> dict:
-        rows, errors = [], []
-        for stem, (probability, distance, truth) in outputs.items():
-            image = samples[stem]["image"]
-            labels = drop_unstained(segment(probability, distance), image, probability, config, MPP)
-            rows.append(evaluate_pair(labels, truth))
-            errors.append(scribble_errors(labels, samples[stem]["ids"]))
-        return summarize(rows, errors)
-
-    results = {f"fine-tuned, distance transform (h_um {config.h_um})":
-               score(lambda p, d: instances_from_probability(p, config, MPP))}
-    for height in HEIGHTS:
-        results[f"fine-tuned, learned distance, h {height}"] = score(
-            lambda p, d, h=height: split_by_distance(p, d, config, h))
+        sample = samples[stem]
+        probability, distance = predict(model.network, head, sample["image"])
+        validation[stem] = {"image": sample["image"], "ids": sample["ids"],
+                            "truth": read_truth(stem), "probability": probability,
+                            "distance": distance}
+    results = score_separations(
+        validation, config, f"fine-tuned, distance transform (h_um {config.h_um})",
+        "fine-tuned, learned distance",
+    )
     record = {"seconds": round(time.perf_counter() - started, 1), "steps": args.steps,
               "rows": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

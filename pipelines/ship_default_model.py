@@ -2,8 +2,9 @@
 
 Segments the validation images of the fixed MoNuSeg split (pipelines/monuseg_split.json) with the
 trained model (in float32 on the CPU, like the ablation table, whatever the CPU), evaluates them
-against the full instance labels (reported only: the model was selected on scribbles), and writes the model with float16 weights to
-``wsi_s2lcm/weights/<name>/`` with the figures in its card.
+against the full instance labels (reported only: the model was selected on scribbles), and
+writes the model with float16 weights to ``wsi_s2lcm/weights/<name>/`` with the figures in its
+card.
 
 Usage (from the project root, after pipelines/train_default_model.sh)::
 

@@ -198,8 +198,8 @@ def drop_unstained(
 def _greener_than_red(labels: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     """For each label value ``0..max``, whether its pixels' mean green exceeds their mean red."""
     index = np.arange(int(labels.max()) + 1)
-    red = ndi.sum(rgb[..., 0].astype(np.float64), labels, index)
-    green = ndi.sum(rgb[..., 1].astype(np.float64), labels, index)
+    red = ndi.sum(rgb[..., 0], labels, index)  # summed in float64, without a copy of the tile
+    green = ndi.sum(rgb[..., 1], labels, index)
     greener = green > red
     greener[0] = False
     return greener

@@ -198,8 +198,8 @@ def load_pair(
         return _load_slide_regions(stem, image_path, scribble_path, scribbles, image_mpp, config)
     image_mpp = ImageSlide(image_path, default_mpp=image_mpp).mpp
     image = read_image_file(image_path)
-    scale = config.mpp / image_mpp
-    shape = (max(round(image.shape[0] / scale), 1), max(round(image.shape[1] / scale), 1))
+    factor = config.mpp / image_mpp
+    shape = (max(round(image.shape[0] / factor), 1), max(round(image.shape[1] / factor), 1))
     # Each axis is resized to a whole number of pixels, so the two scales may differ a little.
     scale = (image.shape[1] / shape[1], image.shape[0] / shape[0])
     target = scribble_target(scribbles, shape, scale, stroke, str(scribble_path))
