@@ -46,7 +46,7 @@ from torch import nn
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.metrics import evaluate_pair
 from wsi_s2lcm.models import load_model
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.qupath.imports import read_scribbles
 from wsi_s2lcm.training.calibrate import scribble_errors
 from wsi_s2lcm.training.inference import normalize
@@ -192,7 +192,7 @@ def score_separations(
         for sample in validation.values():
             probability = sample["probability"]
             labels = separate(probability, sample["distance"])
-            labels = drop_unstained(labels, sample["image"], probability, config, MPP)
+            labels = drop_false_objects(labels, sample["image"], probability, config, MPP)
             rows.append(evaluate_pair(labels, sample["truth"]))
             errors.append(scribble_errors(labels, sample["ids"]))
         return summarize(rows, errors)

@@ -24,7 +24,7 @@ from PIL import Image
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.metrics import evaluate_pair
 from wsi_s2lcm.models import load_model
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.training.inference import predict_probability
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, copies in COPIES.items():
             probability = np.mean([maps[copy] for copy in copies], axis=0)
             labels = instances_from_probability(probability, config, MPP)
-            labels = drop_unstained(labels, image, probability, config, MPP)
+            labels = drop_false_objects(labels, image, probability, config, MPP)
             rows[name].append(evaluate_pair(labels, truth))
     sys.stdout.write("copies | " + " | ".join(METRICS) + "\n")
     for name, results in rows.items():

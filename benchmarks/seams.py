@@ -23,7 +23,7 @@ from shapely.geometry import shape
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.metrics import compute_overlaps
 from wsi_s2lcm.models import load_model
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.predictor import TorchPredictor
 from wsi_s2lcm.qupath.export import read_features
 from wsi_s2lcm.segment import segment_slide
@@ -101,7 +101,7 @@ def main() -> None:
         with open_slide(image, mpp=0.25) as source:
             rgb = source.read(-margin, -margin, size + 2 * margin, size + 2 * margin, mpp)
         probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, size, size)
-        untiled = drop_unstained(instances_from_probability(probability, post, mpp), rgb,
+        untiled = drop_false_objects(instances_from_probability(probability, post, mpp), rgb,
                                  probability, post, mpp)[margin:-margin, margin:-margin]
         a, b, pairs = matched(tiled, untiled)
         rows.append({"image": image.stem, "tiled": a, "untiled": b, "matched": pairs,

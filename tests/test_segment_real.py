@@ -21,7 +21,7 @@ from wsi_s2lcm.cli import main
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.metrics import compute_overlaps
 from wsi_s2lcm.models import load_model
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.predictor import TorchPredictor
 from wsi_s2lcm.qupath.export import read_features
 from wsi_s2lcm.rasterize import rasterize_polygons
@@ -134,7 +134,7 @@ def test_tiled_equals_untiled_with_the_real_network(tmp_path, monuseg_dir):
     probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, size, size)
     post = PostprocessConfig(**model.card.postprocess)
     untiled = instances_from_probability(probability, post, model.card.mpp)
-    untiled = drop_unstained(untiled, rgb, probability, post, model.card.mpp)
+    untiled = drop_false_objects(untiled, rgb, probability, post, model.card.mpp)
     untiled = untiled[margin:-margin, margin:-margin]
     assert np.mean((tiled > 0) == (untiled > 0)) > 0.99
     assert matched_fraction(tiled, untiled) >= 0.98

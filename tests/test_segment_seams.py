@@ -9,7 +9,7 @@ import pytest
 
 from fakes import DarknessPredictor
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.qupath.export import read_features
 from wsi_s2lcm.rasterize import rasterize_polygons
 from wsi_s2lcm.segment import segment_slide
@@ -43,7 +43,7 @@ def untiled(monuseg_dir):
     rgb = slide.read(-pad, -pad, 500 + 2 * pad, 500 + 2 * pad, 0.5)
     probability = outside_to_background(predictor(rgb[None])[0], -pad, -pad, 500, 500)
     labels = instances_from_probability(probability, post, 0.5)
-    labels = drop_unstained(labels, rgb, probability, post, 0.5)
+    labels = drop_false_objects(labels, rgb, probability, post, 0.5)
     return labels[pad:-pad, pad:-pad]
 
 

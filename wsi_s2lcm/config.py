@@ -98,6 +98,10 @@ class PostprocessConfig:
         times that of the background pixels around it (within
         :data:`~wsi_s2lcm.postprocess.RING_UM`); the default 1.0 drops objects no darker in
         hematoxylin than their surroundings, such as eosin-stained stroma. 0 keeps every object.
+    min_mean_probability : float
+        An object is kept only when the mean nucleus probability of its pixels is at least this;
+        the default 0.7 drops faint blobs that only just clear ``threshold`` (on slides unlike
+        the training data, mostly pink stroma and debris: docs/MODEL.md). 0 keeps every object.
     drop_green : bool
         Drop objects whose mean colour is greener than it is red. Hematoxylin and eosin both
         absorb green at least as much as red, so an H&E-stained object never is; green and teal
@@ -110,6 +114,7 @@ class PostprocessConfig:
     separate: bool = True
     h_um: float = 0.75
     min_hematoxylin_contrast: float = 1.0
+    min_mean_probability: float = 0.7
     drop_green: bool = True
 
     def __post_init__(self) -> None:
@@ -122,6 +127,11 @@ class PostprocessConfig:
         if not 0 <= self.min_hematoxylin_contrast < math.inf:
             raise ConfigError(
                 f"min_hematoxylin_contrast {self.min_hematoxylin_contrast} must be >= 0 "
+                "(0 keeps every object)."
+            )
+        if not 0 <= self.min_mean_probability < 1:
+            raise ConfigError(
+                f"min_mean_probability {self.min_mean_probability} must lie in [0, 1) "
                 "(0 keeps every object)."
             )
 

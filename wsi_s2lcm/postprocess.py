@@ -2,10 +2,11 @@
 
 :func:`instances_from_probability` thresholds the probability map, fills small holes, splits
 touching nuclei with a watershed on the Euclidean distance transform seeded by h-maxima, keeps
-each object's largest 4-connected part and removes small objects. :func:`drop_unstained` then
-removes objects no darker in hematoxylin than the background around them (the network's typical
-mistake on slides stained pinker than its training data: blobs of eosin-stained stroma) and
-objects greener than red (tissue-marking ink).
+each object's largest 4-connected part and removes small objects. :func:`drop_false_objects`
+then removes objects the network is not confident of (a low mean nucleus probability), objects
+no darker in hematoxylin than the background around them (the network's typical mistake on
+slides stained pinker than its training data: blobs of eosin-stained stroma) and objects greener
+than red (tissue-marking ink).
 :func:`label_table` lists the bounding box, size and centroid of every label, which the tiling's
 ownership rule needs.
 
@@ -27,7 +28,7 @@ for ``C`` up to relabeling. Every step is chosen for this:
   tie-breaking (queue order) never sees another component; components whose distance transform
   has a single regional maximum (hence at most one h-maximum) are not flooded at all.
 
-:func:`drop_unstained` decides each object from its own pixels and the pixels within
+:func:`drop_false_objects` decides each object from its own pixels and the pixels within
 :data:`RING_UM` of it, so it stays local as long as the caller passes that much of the image
 around the tile (the network's context is far wider).
 """
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 #: a gland lumen ringed by touching nuclei, stay background.
 MAX_HOLE_UM2 = 50.0
 
-#: Width (µm) of the ring of background around an object that :func:`drop_unstained` compares
+#: Width (µm) of the ring of background around an object that :func:`drop_false_objects` compares
 #: the object's hematoxylin with.
 RING_UM = 2.0
 
@@ -133,7 +134,7 @@ def instances_from_probability(
     return _remove_small_and_relabel(labels, config.min_area_um2 * px_per_um2)
 
 
-def drop_unstained(
+def drop_false_objects(
     labels: np.ndarray,
     rgb: np.ndarray,
     probability: np.ndarray,
@@ -141,15 +142,17 @@ def drop_unstained(
     mpp: float,
     border: int = 0,
 ) -> np.ndarray:
-    """Remove objects that are no darker in hematoxylin than the background around them, and
-    objects greener than red (ink).
+    """Remove objects of low mean nucleus probability, objects that are no darker in
+    hematoxylin than the background around them, and objects greener than red (ink).
 
-    An object is kept when its mean hematoxylin optical density (:mod:`wsi_s2lcm.stain`) is at
-    least ``config.min_hematoxylin_contrast`` times the mean over its ring: the pixels within
-    :data:`RING_UM` of it whose probability is at most ``config.threshold``. An object with no
-    such pixel around it passes this test. With ``config.drop_green``, an object whose mean
-    green exceeds its mean red is removed: neither hematoxylin nor eosin makes a pixel so, while
-    green and teal tissue-marking ink does.
+    An object is removed when the mean nucleus probability of its pixels is below
+    ``config.min_mean_probability``: a blob that only just clears the threshold everywhere is
+    rarely a nucleus, whose core the network is sure of. It is kept when its mean hematoxylin
+    optical density (:mod:`wsi_s2lcm.stain`) is at least ``config.min_hematoxylin_contrast``
+    times the mean over its ring: the pixels within :data:`RING_UM` of it whose probability is
+    at most ``config.threshold``. An object with no such pixel around it passes this test. With
+    ``config.drop_green``, an object whose mean green exceeds its mean red is removed: neither
+    hematoxylin nor eosin makes a pixel so, while green and teal tissue-marking ink does.
 
     Parameters
     ----------
@@ -161,7 +164,8 @@ def drop_unstained(
         near the edge of ``labels`` are whole; a ``border`` of ``RING_UM / mpp`` pixels or more
         makes the decision independent of where the array was cut.
     config
-        ``threshold``, ``min_hematoxylin_contrast`` (0 keeps every object) and ``drop_green``.
+        ``min_mean_probability`` (0 keeps every object), ``threshold``,
+        ``min_hematoxylin_contrast`` (0 keeps every object) and ``drop_green``.
     mpp
         µm per pixel of all three arrays.
     border
@@ -181,18 +185,32 @@ def drop_unstained(
             f"grown by border={border} on each side."
         )
     contrast = config.min_hematoxylin_contrast
-    if (contrast <= 0 and not config.drop_green) or not labels.any():
+    if not labels.any() or (
+        contrast <= 0 and config.min_mean_probability <= 0 and not config.drop_green
+    ):
         return labels
     padded = np.pad(labels, border) if border else labels
     drop = np.zeros(int(labels.max()) + 1, dtype=bool)
+    if config.min_mean_probability > 0:
+        drop |= _less_confident(padded, probability, config.min_mean_probability)
     if config.drop_green:
         drop |= _greener_than_red(padded, rgb)
     if contrast > 0:
         drop |= _paler_than_ring(padded, rgb, probability, config, mpp)
     if not drop.any():
         return labels
-    logger.debug("dropped %d object(s) by the stain check", int(drop.sum()))
+    logger.debug("dropped %d object(s) by the confidence, stain and ink checks", int(drop.sum()))
     return _remove_small_and_relabel(np.where(drop[labels], 0, labels), 0)
+
+
+def _less_confident(labels: np.ndarray, probability: np.ndarray, floor: float) -> np.ndarray:
+    """For each label value ``0..max``, whether its pixels' mean probability is below ``floor``."""
+    index = np.arange(int(labels.max()) + 1)
+    area = np.bincount(labels.ravel(), minlength=len(index))
+    total = ndi.sum(probability, labels, index)
+    below = total < floor * area
+    below[0] = False
+    return below
 
 
 def _greener_than_red(labels: np.ndarray, rgb: np.ndarray) -> np.ndarray:
@@ -210,7 +228,7 @@ def _paler_than_ring(
     mpp: float,
 ) -> np.ndarray:
     """For each label value ``0..max``, whether its mean hematoxylin OD is below
-    ``config.min_hematoxylin_contrast`` times that of its ring (see :func:`drop_unstained`)."""
+    ``config.min_hematoxylin_contrast`` times that of its ring (see :func:`drop_false_objects`)."""
     contrast = config.min_hematoxylin_contrast
     radius = RING_UM / mpp
     reach = int(np.ceil(radius))

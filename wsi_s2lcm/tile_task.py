@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.postprocess import drop_unstained, instances_from_probability, label_table
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability, label_table
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
 from wsi_s2lcm.predictor import PredictorSpec, build_predictor
 from wsi_s2lcm.tiling import Tile, touches_open_edge
@@ -274,7 +274,7 @@ def segment_window(
     mpp
         µm per pixel.
     border
-        Context pixels on each side; only the stain check (:func:`drop_unstained`) looks at them.
+        Context pixels on each side; only the stain check (:func:`drop_false_objects`) looks at them.
 
     Returns
     -------
@@ -283,7 +283,7 @@ def segment_window(
     """
     inner = (slice(border, rgb.shape[0] - border), slice(border, rgb.shape[1] - border))
     labels = instances_from_probability(probability[inner], config, mpp)
-    labels = drop_unstained(labels, rgb, probability, config, mpp, border)
+    labels = drop_false_objects(labels, rgb, probability, config, mpp, border)
     return labels, rgb[inner], probability[inner]
 
 

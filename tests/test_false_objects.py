@@ -1,4 +1,5 @@
-"""Tests of the stain check: hematoxylin OD and dropping objects no darker than their ring."""
+"""Tests of dropping false objects: the confidence floor, the stain check (hematoxylin OD, no
+darker than the ring) and the ink check."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.errors import ConfigError
-from wsi_s2lcm.postprocess import RING_UM, drop_unstained
+from wsi_s2lcm.postprocess import RING_UM, drop_false_objects
 from wsi_s2lcm.stain import hematoxylin_od
 
 PURPLE = (110, 70, 160)  # a hematoxylin-stained nucleus
@@ -49,7 +50,7 @@ def _scene(colours, background=STROMA, shape=(60, 120)):
 
 def test_keeps_nuclei_and_drops_stroma_blobs():
     labels, rgb, probability = _scene([PURPLE, PINK, DARK_PINK])
-    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    kept = drop_false_objects(labels, rgb, probability, CONFIG, MPP)
     assert kept.max() == 1
     assert np.array_equal(kept > 0, labels == 1)
     assert kept.dtype == np.int32
@@ -57,7 +58,7 @@ def test_keeps_nuclei_and_drops_stroma_blobs():
 
 def test_renumbers_in_raster_order():
     labels, rgb, probability = _scene([PINK, PURPLE, PURPLE])
-    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    kept = drop_false_objects(labels, rgb, probability, CONFIG, MPP)
     assert np.array_equal(np.unique(kept), [0, 1, 2])
     assert np.array_equal(kept == 1, labels == 2)
     assert np.array_equal(kept == 2, labels == 3)
@@ -66,7 +67,7 @@ def test_renumbers_in_raster_order():
 def test_zero_contrast_keeps_everything():
     labels, rgb, probability = _scene([PURPLE, PINK, DARK_PINK])
     config = dataclasses.replace(CONFIG, min_hematoxylin_contrast=0.0)
-    assert drop_unstained(labels, rgb, probability, config, MPP) is labels
+    assert drop_false_objects(labels, rgb, probability, config, MPP) is labels
 
 
 def test_contrast_is_a_ratio_to_the_ring():
@@ -75,9 +76,9 @@ def test_contrast_is_a_ratio_to_the_ring():
     inside = hematoxylin_od(np.array((150, 120, 190)))
     ring = hematoxylin_od(np.array((200, 185, 215)))
     assert 1.0 < inside / ring < 3.0
-    assert drop_unstained(labels, rgb, probability, CONFIG, MPP).max() == 1
+    assert drop_false_objects(labels, rgb, probability, CONFIG, MPP).max() == 1
     strict = dataclasses.replace(CONFIG, min_hematoxylin_contrast=3.0)
-    assert drop_unstained(labels, rgb, probability, strict, MPP).max() == 0
+    assert drop_false_objects(labels, rgb, probability, strict, MPP).max() == 0
 
 
 def test_ring_ignores_other_objects():
@@ -86,14 +87,14 @@ def test_ring_ignores_other_objects():
     labels[28:33, 26:55] = 2
     rgb[28:33, 26:55] = PINK
     probability = np.where(labels > 0, 0.9, 0.1)
-    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    kept = drop_false_objects(labels, rgb, probability, CONFIG, MPP)
     assert not np.any(kept[labels == 2])
 
 
 def test_object_without_ring_is_kept():
     labels = np.ones((10, 10), dtype=np.int32)
     rgb = np.full((10, 10, 3), STROMA, dtype=np.uint8)
-    kept = drop_unstained(labels, rgb, np.full((10, 10), 0.9), CONFIG, MPP)
+    kept = drop_false_objects(labels, rgb, np.full((10, 10), 0.9), CONFIG, MPP)
     assert np.array_equal(kept, labels)
 
 
@@ -103,18 +104,18 @@ def test_border_makes_the_decision_independent_of_the_cut():
     # edge it is dropped only when the border brings the band back.
     labels, rgb, probability = _scene([(190, 90, 140)])
     rgb[:, :14] = PURPLE  # background band (probability 0.1) just left of the blob at x 14..26
-    whole = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    whole = drop_false_objects(labels, rgb, probability, CONFIG, MPP)
     assert whole.max() == 0
     border = int(np.ceil(RING_UM / MPP))
     x0 = 14
     inner = (slice(border, 60 - border), slice(x0, 120 - border))
     grown = (slice(0, 60), slice(x0 - border, 120))
-    with_border = drop_unstained(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border)
+    with_border = drop_false_objects(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border)
     assert with_border.max() == 0
-    cut = drop_unstained(labels[inner], rgb[inner], probability[inner], CONFIG, MPP)
+    cut = drop_false_objects(labels[inner], rgb[inner], probability[inner], CONFIG, MPP)
     assert cut.max() == 1
     with pytest.raises(ValueError, match="border"):
-        drop_unstained(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border + 1)
+        drop_false_objects(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border + 1)
 
 
 def test_config_refuses_negative_contrast():
@@ -128,12 +129,34 @@ TEAL_INK = (60, 130, 140)  # green-blue tissue-marking ink: dark, hematoxylin-li
 def test_drops_objects_greener_than_red():
     labels, rgb, probability = _scene([PURPLE, TEAL_INK, PURPLE])
     assert hematoxylin_od(np.array([TEAL_INK]))[0] > hematoxylin_od(np.array([STROMA]))[0]
-    kept = drop_unstained(labels, rgb, probability, CONFIG, MPP)
+    kept = drop_false_objects(labels, rgb, probability, CONFIG, MPP)
     assert kept.max() == 2
     assert np.array_equal(kept > 0, (labels == 1) | (labels == 3))
     without = dataclasses.replace(CONFIG, drop_green=False)
-    assert np.array_equal(drop_unstained(labels, rgb, probability, without, MPP) > 0, labels > 0)
+    assert np.array_equal(drop_false_objects(labels, rgb, probability, without, MPP) > 0, labels > 0)
     only_green = dataclasses.replace(CONFIG, min_hematoxylin_contrast=0.0)
     labels, rgb, probability = _scene([PINK, TEAL_INK])
-    kept = drop_unstained(labels, rgb, probability, only_green, MPP)
+    kept = drop_false_objects(labels, rgb, probability, only_green, MPP)
     assert np.array_equal(kept > 0, labels == 1)
+
+
+def test_drops_objects_of_low_mean_probability():
+    labels, rgb, probability = _scene([PURPLE, PURPLE, PURPLE])
+    probability = probability.copy()
+    probability[labels == 2] = 0.65  # a faint blob, just over the threshold everywhere
+    third = labels == 3
+    probability[third] = 0.55  # a sure core and an unsure rim: mean 0.7 or more is kept
+    yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    probability[np.hypot(yy - 30, xx - 100) <= 4] = 0.99
+    assert probability[third].mean() >= CONFIG.min_mean_probability
+    kept = drop_false_objects(labels, rgb, probability, CONFIG, MPP)
+    assert np.array_equal(kept > 0, (labels == 1) | third)
+    assert kept.max() == 2
+    off = dataclasses.replace(CONFIG, min_mean_probability=0.0)
+    assert drop_false_objects(labels, rgb, probability, off, MPP) is labels
+
+
+def test_config_refuses_probability_floor_outside_unit_interval():
+    for floor in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="min_mean_probability"):
+            PostprocessConfig(min_mean_probability=floor)
