@@ -13,6 +13,12 @@ Usage (from the project root, after pipelines/train_default_model.sh)::
 
 Models trained before the trainer calibrated the watershed height on held-out scribbles are
 calibrated here first, with the held-out images and scribble files their card records.
+
+After a change to segmentation, a shipped model is re-evaluated the same way from its own folder
+(its float16 weights are read and written back unchanged; only the card's figures and
+post-processing values change)::
+
+    python pipelines/ship_default_model.py --model wsi_s2lcm/weights/s2lcm-monuseg --name s2lcm-monuseg
 """
 
 from __future__ import annotations
