@@ -10,7 +10,12 @@ import pytest
 
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.errors import ConfigError
-from wsi_s2lcm.postprocess import RING_UM, drop_false_objects
+from wsi_s2lcm.postprocess import (
+    RING_UM,
+    drop_false_objects,
+    false_object_checks,
+    separate_false_objects,
+)
 from wsi_s2lcm.stain import hematoxylin_od
 
 PURPLE = (110, 70, 160)  # a hematoxylin-stained nucleus
@@ -110,7 +115,9 @@ def test_border_makes_the_decision_independent_of_the_cut():
     x0 = 14
     inner = (slice(border, 60 - border), slice(x0, 120 - border))
     grown = (slice(0, 60), slice(x0 - border, 120))
-    with_border = drop_false_objects(labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border)
+    with_border = drop_false_objects(
+        labels[inner], rgb[grown], probability[grown], CONFIG, MPP, border
+    )
     assert with_border.max() == 0
     cut = drop_false_objects(labels[inner], rgb[inner], probability[inner], CONFIG, MPP)
     assert cut.max() == 1
@@ -133,7 +140,8 @@ def test_drops_objects_greener_than_red():
     assert kept.max() == 2
     assert np.array_equal(kept > 0, (labels == 1) | (labels == 3))
     without = dataclasses.replace(CONFIG, drop_green=False)
-    assert np.array_equal(drop_false_objects(labels, rgb, probability, without, MPP) > 0, labels > 0)
+    kept = drop_false_objects(labels, rgb, probability, without, MPP)
+    assert np.array_equal(kept > 0, labels > 0)
     only_green = dataclasses.replace(CONFIG, min_hematoxylin_contrast=0.0)
     labels, rgb, probability = _scene([PINK, TEAL_INK])
     kept = drop_false_objects(labels, rgb, probability, only_green, MPP)
@@ -160,3 +168,19 @@ def test_config_refuses_probability_floor_outside_unit_interval():
     for floor in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="min_mean_probability"):
             PostprocessConfig(min_mean_probability=floor)
+
+
+def test_checks_name_what_each_object_failed():
+    labels, rgb, probability = _scene([PURPLE, TEAL_INK, PINK])
+    probability = probability.copy()
+    probability[labels == 3] = 0.6  # the pink blob is faint too
+    failed = false_object_checks(labels, rgb, probability, CONFIG, MPP)
+    assert list(failed) == ["green", "unstained", "low_probability"]
+    assert failed["green"].tolist() == [False, False, True, False]
+    assert failed["unstained"].tolist() == [False, False, False, True]
+    assert failed["low_probability"].tolist() == [False, False, False, True]
+    kept, removed, same = separate_false_objects(labels, rgb, probability, CONFIG, MPP)
+    assert np.array_equal(kept > 0, labels == 1)
+    assert np.array_equal(removed, np.where(labels > 1, labels, 0))
+    assert same.keys() == failed.keys()
+    assert false_object_checks(*_scene([PURPLE]), CONFIG, MPP) == {}

@@ -107,6 +107,21 @@ def test_cmu_no_duplicates_and_qupath_rules(cmu_default, cmu_tile_sizes):
     assert summary["config"]["tiling"] == dataclasses.asdict(TilingConfig())
 
 
+def test_dropped_counts_say_what_each_check_removed(tmp_path, slides_dir, cmu_tile_sizes):
+    """The summary counts each object the checks removed once; without the confidence floor
+    exactly its count of objects comes back, and the checks before it count the same."""
+    with_floor = json.loads((cmu_tile_sizes[1024] / "CMU-1-Small-Region.json").read_text())
+    segment([slides_dir / "CMU-1-Small-Region.svs", "--out", tmp_path, "--tile-size", 1024,
+             "--workers", 2, "--model", FAST_MODEL, "--no-labels", "--no-overlay",
+             "--postprocess", "min_mean_probability=0"])
+    without = json.loads((tmp_path / "CMU-1-Small-Region.json").read_text())
+    dropped = with_floor["dropped_by_check"]
+    assert set(dropped) == {"green", "unstained", "low_probability"}
+    assert min(dropped.values()) > 50, dropped  # the demo slide has ink, stroma and faint blobs
+    assert without["dropped_by_check"] == {**dropped, "low_probability": 0}
+    assert without["nuclei"] - with_floor["nuclei"] == dropped["low_probability"]
+
+
 def test_geojson_round_trip_reproduces_the_label_zarr(cmu_default):
     out = cmu_default
     store = LabelStore.open(out / "CMU-1-Small-Region.zarr")

@@ -131,8 +131,9 @@ def resolve_group(
         probability = outside_to_background(
             predictor(rgb[None])[0], wx0 - c, wy0 - c, job.width, job.height
         )
-        labels, rgb, probability = segment_window(
-            rgb, probability, job.postprocess, job.model_mpp, c
+        segmented = segment_window(rgb, probability, job.postprocess, job.model_mpp, c)
+        labels, rgb, probability = (
+            segmented.labels, segmented.rgb, segmented.probability
         )
         under_seed = _labels_under_seed(labels, window, seed, box_of_seed)
         if under_seed.size == 0:

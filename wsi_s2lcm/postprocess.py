@@ -134,6 +134,11 @@ def instances_from_probability(
     return _remove_small_and_relabel(labels, config.min_area_um2 * px_per_um2)
 
 
+#: The checks of :func:`false_object_checks`, in the order that attributes each removed object
+#: to the first one it fails.
+FALSE_OBJECT_CHECKS = ("green", "unstained", "low_probability")
+
+
 def drop_false_objects(
     labels: np.ndarray,
     rgb: np.ndarray,
@@ -142,17 +147,72 @@ def drop_false_objects(
     mpp: float,
     border: int = 0,
 ) -> np.ndarray:
-    """Remove objects of low mean nucleus probability, objects that are no darker in
-    hematoxylin than the background around them, and objects greener than red (ink).
+    """Remove the objects that fail one of the checks of :func:`false_object_checks`.
 
-    An object is removed when the mean nucleus probability of its pixels is below
-    ``config.min_mean_probability``: a blob that only just clears the threshold everywhere is
-    rarely a nucleus, whose core the network is sure of. It is kept when its mean hematoxylin
-    optical density (:mod:`wsi_s2lcm.stain`) is at least ``config.min_hematoxylin_contrast``
-    times the mean over its ring: the pixels within :data:`RING_UM` of it whose probability is
-    at most ``config.threshold``. An object with no such pixel around it passes this test. With
-    ``config.drop_green``, an object whose mean green exceeds its mean red is removed: neither
-    hematoxylin nor eosin makes a pixel so, while green and teal tissue-marking ink does.
+    Parameters are those of :func:`false_object_checks`.
+
+    Returns
+    -------
+    np.ndarray
+        ``labels`` when nothing is removed, else int32 labels renumbered ``1..N`` in raster order
+        of each object's first pixel.
+    """
+    return separate_false_objects(labels, rgb, probability, config, mpp, border)[0]
+
+
+def separate_false_objects(
+    labels: np.ndarray,
+    rgb: np.ndarray,
+    probability: np.ndarray,
+    config: PostprocessConfig,
+    mpp: float,
+    border: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Split ``labels`` into the objects that pass :func:`false_object_checks` and those that fail.
+
+    Parameters are those of :func:`false_object_checks`.
+
+    Returns
+    -------
+    kept : np.ndarray
+        ``labels`` when nothing is removed, else int32 labels of the objects that pass,
+        renumbered ``1..N`` in raster order of each object's first pixel.
+    removed : np.ndarray
+        The objects that fail, with their values in ``labels``; 0 elsewhere.
+    failed : dict
+        :func:`false_object_checks`'s result, indexed by the values of ``removed``.
+    """
+    failed = false_object_checks(labels, rgb, probability, config, mpp, border)
+    if not failed:
+        return labels, np.zeros_like(labels), failed
+    drop = np.logical_or.reduce(list(failed.values()))
+    logger.debug("dropped %d object(s) by the ink, stain and confidence checks", int(drop.sum()))
+    removed = np.where(drop[labels], labels, 0)
+    kept = _remove_small_and_relabel(np.where(drop[labels], 0, labels), 0)
+    return kept, removed, failed
+
+
+def false_object_checks(
+    labels: np.ndarray,
+    rgb: np.ndarray,
+    probability: np.ndarray,
+    config: PostprocessConfig,
+    mpp: float,
+    border: int = 0,
+) -> dict[str, np.ndarray]:
+    """Find the objects that are not nuclei by their colour or the network's confidence.
+
+    Three checks, each off when its setting says so:
+
+    * ``green`` (``config.drop_green``): the object's mean green exceeds its mean red. Neither
+      hematoxylin nor eosin makes a pixel so, while green and teal tissue-marking ink does.
+    * ``unstained`` (``config.min_hematoxylin_contrast`` > 0): the object's mean hematoxylin
+      optical density (:mod:`wsi_s2lcm.stain`) is below ``min_hematoxylin_contrast`` times the
+      mean over its ring, the pixels within :data:`RING_UM` of it whose probability is at most
+      ``config.threshold``. An object with no such pixel around it passes.
+    * ``low_probability`` (``config.min_mean_probability`` > 0): the mean nucleus probability of
+      its pixels is below ``min_mean_probability``: a blob that only just clears the threshold
+      everywhere is rarely a nucleus, whose core the network is sure of.
 
     Parameters
     ----------
@@ -164,8 +224,8 @@ def drop_false_objects(
         near the edge of ``labels`` are whole; a ``border`` of ``RING_UM / mpp`` pixels or more
         makes the decision independent of where the array was cut.
     config
-        ``min_mean_probability`` (0 keeps every object), ``threshold``,
-        ``min_hematoxylin_contrast`` (0 keeps every object) and ``drop_green``.
+        ``drop_green``; ``min_hematoxylin_contrast``, with ``threshold`` for the ring;
+        ``min_mean_probability``. False or 0 turns a check off.
     mpp
         µm per pixel of all three arrays.
     border
@@ -173,9 +233,10 @@ def drop_false_objects(
 
     Returns
     -------
-    np.ndarray
-        ``labels`` when nothing is removed, else int32 labels renumbered ``1..N`` in raster order
-        of each object's first pixel.
+    dict
+        For each check that is on and fails at least one object, in the order of
+        :data:`FALSE_OBJECT_CHECKS`, a boolean array indexed by label value (``0..labels.max()``)
+        that is true for the objects failing it; empty when every object passes.
     """
     labels = np.asarray(labels)
     expected = (labels.shape[0] + 2 * border, labels.shape[1] + 2 * border)
@@ -184,23 +245,18 @@ def drop_false_objects(
             f"rgb {rgb.shape} and probability {probability.shape} must be labels {labels.shape} "
             f"grown by border={border} on each side."
         )
-    contrast = config.min_hematoxylin_contrast
-    if not labels.any() or (
-        contrast <= 0 and config.min_mean_probability <= 0 and not config.drop_green
-    ):
-        return labels
+    if not labels.any():
+        return {}
     padded = np.pad(labels, border) if border else labels
-    drop = np.zeros(int(labels.max()) + 1, dtype=bool)
-    if config.min_mean_probability > 0:
-        drop |= _less_confident(padded, probability, config.min_mean_probability)
+    failed = {}
     if config.drop_green:
-        drop |= _greener_than_red(padded, rgb)
-    if contrast > 0:
-        drop |= _paler_than_ring(padded, rgb, probability, config, mpp)
-    if not drop.any():
-        return labels
-    logger.debug("dropped %d object(s) by the confidence, stain and ink checks", int(drop.sum()))
-    return _remove_small_and_relabel(np.where(drop[labels], 0, labels), 0)
+        failed["green"] = _greener_than_red(padded, rgb)
+    if config.min_hematoxylin_contrast > 0:
+        failed["unstained"] = _paler_than_ring(padded, rgb, probability, config, mpp)
+    if config.min_mean_probability > 0:
+        floor = config.min_mean_probability
+        failed["low_probability"] = _less_confident(padded, probability, floor)
+    return {name: flags for name, flags in failed.items() if flags.any()}
 
 
 def _less_confident(labels: np.ndarray, probability: np.ndarray, floor: float) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from wsi_s2lcm.atomic import write_text_atomic
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.outputs import OutputPaths, RunOutputs
+from wsi_s2lcm.postprocess import FALSE_OBJECT_CHECKS
 from wsi_s2lcm.predictor import (
     ModelSpec,
     PredictorSpec,
@@ -132,10 +133,14 @@ def segment_slide(
         writer = RunOutputs(paths, export, job, tiling, slide, card, post, tissue)
         fragments: list[Fragment] = []
         stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
+        dropped = dict.fromkeys(FALSE_OBJECT_CHECKS, 0)
         pass_started = time.perf_counter()
         for result in _run_tiles(tiles, job, tiling, dispatcher, progress):
             for key, value in result.seconds.items():
                 stage[key] = stage.get(key, 0.0) + value
+            for found in result.dropped:
+                if tissue is None or tissue.contains(*found.centroid_xy_level0):
+                    dropped[found.check] += 1
             writer.add_tile(result)
             fragments.extend(result.fragments)
         timings["tiles_wall"] = time.perf_counter() - pass_started
@@ -145,7 +150,9 @@ def segment_slide(
         for whole in large:
             writer.add_whole(whole)
         timings["large_nuclei"] = time.perf_counter() - large_started
-        summary = _summary(slide, card, job, tiling, export, tissue, len(tiles), writer, large)
+        summary = _summary(
+            slide, card, job, tiling, export, tissue, len(tiles), writer, large, dropped
+        )
         finish_started = time.perf_counter()
         writer.finish()
         timings["finish"] = time.perf_counter() - finish_started
@@ -160,6 +167,10 @@ def segment_slide(
         slide.close()
         forget_open_slides()
     logger.info("%s: %d nuclei in %.1f s", slide_path, summary["nuclei"], timings["total"])
+    logger.info(
+        "%s: objects dropped by the checks (docs/SEGMENT.md): %s", slide_path,
+        ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in dropped.items()),
+    )
     return summary
 
 
@@ -229,6 +240,7 @@ def _summary(
     tile_count: int,
     writer: RunOutputs,
     large: list[Any],
+    dropped: dict[str, int],
 ) -> dict[str, Any]:
     info = slide.info()
     tissue_mm2 = (
@@ -247,6 +259,7 @@ def _summary(
         "large_nuclei_truncated": sum(1 for w in large if w.truncated),
         "duplicates_dropped": writer.duplicates,
         "outside_tissue_dropped": writer.outside_tissue,
+        "dropped_by_check": dropped,
         "slide_info": info,
         "model_mpp": job.model_mpp,
         "model_size_px": [job.width, job.height],

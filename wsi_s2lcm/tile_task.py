@@ -18,7 +18,12 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability, label_table
+from wsi_s2lcm.postprocess import (
+    FALSE_OBJECT_CHECKS,
+    instances_from_probability,
+    label_table,
+    separate_false_objects,
+)
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
 from wsi_s2lcm.predictor import PredictorSpec, build_predictor
 from wsi_s2lcm.tiling import Tile, touches_open_edge
@@ -108,6 +113,8 @@ class TileResult:
         Instances too large for the tile margin.
     seconds : dict
         Time spent reading, predicting and post-processing (the batch's share).
+    dropped : list of DroppedObject
+        Objects the tile would own but the false-object checks removed (:func:`dropped_objects`).
     """
 
     tile: Tile
@@ -115,6 +122,47 @@ class TileResult:
     labels: np.ndarray
     fragments: list[Fragment]
     seconds: dict[str, float]
+    dropped: list[DroppedObject]
+
+
+@dataclasses.dataclass(frozen=True)
+class DroppedObject:
+    """An object a false-object check removed: the first check it failed, and where it was.
+
+    Attributes
+    ----------
+    check : str
+        A name of :data:`~wsi_s2lcm.postprocess.FALSE_OBJECT_CHECKS`.
+    centroid_xy_level0 : tuple[float, float]
+        Centroid of its pixel centres in level-0 pixels, as for a nucleus.
+    """
+
+    check: str
+    centroid_xy_level0: tuple[float, float]
+
+
+@dataclasses.dataclass
+class WindowInstances:
+    """The instances of one window and the objects removed from them.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        ``(H, W)`` instance labels of the objects kept.
+    rgb, probability : np.ndarray
+        The window's RGB and nucleus probability, cropped to ``labels``.
+    removed : np.ndarray
+        ``(H, W)`` labels of the objects the false-object checks removed, 0 elsewhere.
+    failed : dict
+        For each check that removed some, which values of ``removed`` failed it
+        (:func:`wsi_s2lcm.postprocess.false_object_checks`).
+    """
+
+    labels: np.ndarray
+    rgb: np.ndarray
+    probability: np.ndarray
+    removed: np.ndarray
+    failed: dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +274,8 @@ def tile_result(
     probability = outside_to_background(
         probability, tile.x - c, tile.y - c, job.width, job.height
     )
-    labels, rgb, probability = segment_window(rgb, probability, job.postprocess, job.model_mpp, c)
+    window = segment_window(rgb, probability, job.postprocess, job.model_mpp, c)
+    labels, rgb, probability = window.labels, window.rgb, window.probability
     ownership = own_instances(labels, tile, job.width, job.height)
     scale = job.scale
     nuclei = nuclei_from_labels(
@@ -253,7 +302,33 @@ def tile_result(
         )
     spent = dict(seconds or {})
     spent["postprocess"] = spent.get("postprocess", 0.0) + time.perf_counter() - started
-    return TileResult(tile, nuclei, kept_labels, fragments, spent)
+    dropped = dropped_objects(window, tile, job)
+    return TileResult(tile, nuclei, kept_labels, fragments, spent, dropped)
+
+
+def dropped_objects(window: WindowInstances, tile: Tile, job: TileJob) -> list[DroppedObject]:
+    """The removed objects the tile would own, each with the first check it failed.
+
+    Ownership is decided as for nuclei (:func:`own_instances`), so over a whole run every removed
+    object is reported once, except those larger than the tile margin, which are not reported.
+    """
+    if not window.failed:
+        return []
+    owned = set(own_instances(window.removed, tile, job.width, job.height).kept)
+    dropped = []
+    for info in label_table(window.removed):
+        if info.label not in owned:
+            continue
+        check = next(
+            name for name in FALSE_OBJECT_CHECKS
+            if name in window.failed and window.failed[name][info.label]
+        )
+        centroid_y, centroid_x = info.centroid_yx
+        dropped.append(DroppedObject(check, (
+            (tile.x + centroid_x + 0.5) * job.scale,
+            (tile.y + centroid_y + 0.5) * job.scale,
+        )))
+    return dropped
 
 
 def segment_window(
@@ -262,7 +337,7 @@ def segment_window(
     config: PostprocessConfig,
     mpp: float,
     border: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> WindowInstances:
     """Instances of a window read with ``border`` extra pixels of context on each side.
 
     Parameters
@@ -274,17 +349,20 @@ def segment_window(
     mpp
         µm per pixel.
     border
-        Context pixels on each side; only the stain check (:func:`drop_false_objects`) looks at them.
+        Context pixels on each side; only the stain check
+        (:func:`~wsi_s2lcm.postprocess.false_object_checks`) looks at them.
 
     Returns
     -------
-    labels, rgb, probability : np.ndarray
-        ``(H, W)`` instance labels and the RGB and probability cropped to the window.
+    WindowInstances
+        Instance labels, RGB and probability cropped to the window, and what was removed.
     """
     inner = (slice(border, rgb.shape[0] - border), slice(border, rgb.shape[1] - border))
-    labels = instances_from_probability(probability[inner], config, mpp)
-    labels = drop_false_objects(labels, rgb, probability, config, mpp, border)
-    return labels, rgb[inner], probability[inner]
+    instances = instances_from_probability(probability[inner], config, mpp)
+    labels, removed, failed = separate_false_objects(
+        instances, rgb, probability, config, mpp, border
+    )
+    return WindowInstances(labels, rgb[inner], probability[inner], removed, failed)
 
 
 def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
