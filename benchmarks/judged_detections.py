@@ -1,0 +1,122 @@
+"""Score a segmentation run against detections judged by eye, without judging again.
+
+``benchmarks/detection_sample.py`` draws detections at random for a person to mark as nucleus or
+not. This script keeps such judgments as points, one inside each judged detection (its most
+interior pixel, in level-0 pixels), so that a later run of ``segment`` on the same slide, with
+other settings or another model, can be scored against them: how many of the judged nuclei and
+of the judged false detections it still outlines (a point lies inside one of its polygons).
+
+Two commands (from the project root)::
+
+    # record: the run the sample was drawn from, the sample, and the judged nuclei (sheet order)
+    python benchmarks/judged_detections.py record --labels results/CMU-1-Small-Region.zarr \\
+        --drawn runs/detection-sample/drawn.json --nuclei 0,5,9 --out judgments.json
+    # score: any later run's GeoJSON against the recorded judgments
+    python benchmarks/judged_detections.py score --judgments benchmarks/judgments/cmu-demo.json \\
+        --geojson results/CMU-1-Small-Region.geojson
+
+``benchmarks/judgments/cmu-demo.json`` holds the 200 detections of the demo slide judged in the
+tenth session (docs/MODEL.md, Known limits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage as ndi
+from shapely import STRtree
+from shapely.geometry import Point, shape
+
+from wsi_s2lcm.qupath.export import read_features
+
+
+def interior_points(labels: np.ndarray, values: list[int]) -> list[tuple[int, int]]:
+    """``(row, col)`` of the pixel of each value farthest from the object's edge."""
+    boxes = ndi.find_objects(labels.astype(np.intp, copy=False))
+    points = []
+    for value in values:
+        box = boxes[value - 1]
+        if box is None:
+            raise SystemExit(f"label {value} is not in the labels")
+        inside = np.pad(labels[box] == value, 1)
+        row, col = np.unravel_index(np.argmax(ndi.distance_transform_edt(inside)), inside.shape)
+        points.append((box[0].start + row - 1, box[1].start + col - 1))
+    return points
+
+
+def record(args: argparse.Namespace) -> int:
+    """Write the judged detections of a sample as level-0 points."""
+    store = zarr.open(str(args.labels), mode="r")
+    labels = np.asarray(store[:])
+    transform = store.attrs["level0_transform"]
+    scale, (offset_x, offset_y) = transform["scale"], transform["offset_xy"]
+    drawn = json.loads(args.drawn.read_text())["values"]
+    nuclei = {int(index) for index in args.nuclei.split(",") if index}
+    if not nuclei <= set(range(len(drawn))):
+        raise SystemExit(f"--nuclei must be sheet positions 0..{len(drawn) - 1}")
+    points = [
+        {"x": offset_x + (col + 0.5) * scale, "y": offset_y + (row + 0.5) * scale,
+         "nucleus": index in nuclei}
+        for index, (row, col) in enumerate(interior_points(labels, drawn))
+    ]
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {"samples": []}
+    stored["samples"].append({"slide": args.slide, "note": args.note, "points": points})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
+    total = sum(len(sample["points"]) for sample in stored["samples"])
+    sys.stdout.write(f"{args.out}: {len(stored['samples'])} sample(s), {total} judged points\n")
+    return 0
+
+
+def score(args: argparse.Namespace) -> int:
+    """For each judged sample, count the judged nuclei and false detections a run still outlines.
+
+    When the run's detections are a subset of those the sample was drawn from (a stricter
+    post-processing of the same model), the sample's outlined detections are a random sample of
+    the run's, and their share of nuclei estimates the run's; otherwise it is only a count.
+    """
+    samples = json.loads(args.judgments.read_text())["samples"]
+    polygons = [shape(feature["geometry"]) for feature in read_features(args.geojson)]
+    tree = STRtree(polygons)
+    sys.stdout.write(f"{args.geojson}: {len(polygons)} detections\n")
+    for number, sample in enumerate(samples):
+        counts = {True: [0, 0], False: [0, 0]}
+        for point in sample["points"]:
+            hit = len(tree.query(Point(point["x"], point["y"]), predicate="within")) > 0
+            counts[point["nucleus"]][0] += hit
+            counts[point["nucleus"]][1] += 1
+        (nuclei_kept, nuclei), (others_kept, others) = counts[True], counts[False]
+        share = nuclei_kept / max(nuclei_kept + others_kept, 1)
+        sys.stdout.write(
+            f"sample {number}: {nuclei_kept} of {nuclei} judged nuclei and {others_kept} of "
+            f"{others} judged false detections outlined; nuclei {share:.0%} of those outlined\n"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    recorder = commands.add_parser("record", help="store a judged sample as points")
+    recorder.add_argument("--labels", type=Path, required=True, help="the run's <stem>.zarr")
+    recorder.add_argument("--drawn", type=Path, required=True, help="detection_sample's JSON")
+    recorder.add_argument("--nuclei", required=True,
+                          help="comma-separated sheet positions judged to be nuclei")
+    recorder.add_argument("--out", type=Path, required=True,
+                          help="the judgments file; a new sample is added if it exists")
+    recorder.add_argument("--slide", default="examples/CMU-1-Small-Region.svs")
+    recorder.add_argument("--note", default="", help="who judged, when, on which run")
+    scorer = commands.add_parser("score", help="score a run against stored judgments")
+    scorer.add_argument("--judgments", type=Path, required=True)
+    scorer.add_argument("--geojson", type=Path, required=True, help="the run's <stem>.geojson")
+    args = parser.parse_args(argv)
+    return record(args) if args.command == "record" else score(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
