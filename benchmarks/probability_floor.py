@@ -45,20 +45,18 @@ FLOORS = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8)
 METRICS = ("dice", "aji", "pq", "object_dice")
 
 
-def floor_rows(
-    probability: np.ndarray, labels: np.ndarray, truth: np.ndarray, scribbles: list
+def removal_rows(
+    labels: np.ndarray, truth: np.ndarray, scribbles: list, removals: list[np.ndarray]
 ) -> list[dict]:
-    """Score ``labels`` with each of :data:`FLOORS` applied; one row per floor."""
-    count = int(labels.max())
-    values = np.arange(1, count + 1)
-    mean = np.asarray(ndi.mean(probability, labels, values)) if count else np.zeros(0)
-    on_background = np.zeros(count + 1, dtype=bool)
+    """Score ``labels`` with each boolean array of ``removals`` (one per label value ``1..N``)
+    removing the objects it marks; one row per array."""
+    values = np.arange(1, int(labels.max()) + 1)
+    on_background = np.zeros(len(values) + 1, dtype=bool)
     background = rasterize_scribbles(scribbles, labels.shape) == BACKGROUND
     on_background[np.unique(labels[background])] = True
     nucleus_ids = rasterize_nucleus_ids(scribbles, labels.shape)
     rows = []
-    for floor in FLOORS:
-        removed = mean < floor
+    for removed in removals:
         kept = np.concatenate([[0], np.where(removed, 0, values)])[labels]
         row = evaluate_pair(kept, truth)
         row["removed"] = int(removed.sum())
@@ -68,22 +66,26 @@ def floor_rows(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("validation", "train"), default="validation")
-    parser.add_argument("--model", default=None, help="model name or folder (the default model)")
-    parser.add_argument("--scribbles", type=Path,
-                        default=ROOT / "runs" / "monuseg-scribbles-r0.5-s0")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+def print_sweep(name: str, settings: tuple, per_image: list[list[dict]]) -> None:
+    """Print one line per setting: mean metrics and summed counts over the images."""
+    header = [name, *METRICS, "removed", "removed on background", "scribbles missed"]
+    sys.stdout.write(" | ".join(header) + "\n")
+    for index, setting in enumerate(settings):
+        rows = [image_rows[index] for image_rows in per_image]
+        means = [f"{np.mean([row[key] for row in rows]):.4f}" for key in METRICS]
+        sums = [str(sum(row[key] for row in rows))
+                for key in ("removed", "removed_on_background", "scribbles_missed")]
+        sys.stdout.write(" | ".join([f"{setting:.2f}", *means, *sums]) + "\n")
+
+
+def segment_monuseg(args: argparse.Namespace, config_change: dict):
+    """Yield ``(image, probability, labels, truth, scribbles)`` for each image of the part,
+    segmented in one pass with the card's post-processing changed by ``config_change``."""
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     if model.card.mpp != MPP:
         raise SystemExit(f"{model.card.name} reads {model.card.mpp} µm/px; this needs {MPP}")
-    config = dataclasses.replace(
-        PostprocessConfig(**model.card.postprocess), min_mean_probability=0.0
-    )
-    per_image = []
+    config = dataclasses.replace(PostprocessConfig(**model.card.postprocess), **config_change)
     for stem in json.loads(SPLIT.read_text())[args.part]:
         image = np.asarray(Image.open(DATA / "images" / f"{stem}.tif").convert("RGB"))
         truth = np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
@@ -91,15 +93,30 @@ def main(argv: list[str] | None = None) -> int:
         labels = instances_from_probability(probability, config, MPP)
         labels = drop_false_objects(labels, image, probability, config, MPP)
         scribbles = read_scribbles(args.scribbles / f"{stem}.geojson")
-        per_image.append(floor_rows(probability, labels, truth, scribbles))
-    header = ["floor", *METRICS, "removed", "removed on background", "scribbles missed"]
-    sys.stdout.write(" | ".join(header) + "\n")
-    for index, floor in enumerate(FLOORS):
-        rows = [image_rows[index] for image_rows in per_image]
-        means = [f"{np.mean([row[key] for row in rows]):.4f}" for key in METRICS]
-        sums = [str(sum(row[key] for row in rows))
-                for key in ("removed", "removed_on_background", "scribbles_missed")]
-        sys.stdout.write(" | ".join([f"{floor:.2f}", *means, *sums]) + "\n")
+        yield image, probability, labels, truth, scribbles
+
+
+def monuseg_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the MoNuSeg sweeps."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--part", choices=("validation", "train"), default="validation")
+    parser.add_argument("--model", default=None, help="model name or folder (the default model)")
+    parser.add_argument("--scribbles", type=Path,
+                        default=ROOT / "runs" / "monuseg-scribbles-r0.5-s0")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = monuseg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    per_image = []
+    for _, probability, labels, truth, scribbles in segment_monuseg(
+        args, {"min_mean_probability": 0.0}
+    ):
+        values = np.arange(1, int(labels.max()) + 1)
+        mean = np.asarray(ndi.mean(probability, labels, values)) if values.size else values
+        per_image.append(removal_rows(labels, truth, scribbles, [mean < f for f in FLOORS]))
+    print_sweep("floor", FLOORS, per_image)
     return 0
 
 

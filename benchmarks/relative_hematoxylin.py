@@ -1,0 +1,96 @@
+"""Probe: drop detections much paler in hematoxylin than the slide's typical detection?
+
+A fixed floor on a nucleus's mean hematoxylin optical density fails on lightly stained slides
+(docs/MODEL.md, Known limits). This probe measures a floor relative to each image's own
+detections instead: an object is removed when its mean hematoxylin OD is below ``k`` times the
+median over all detections of the image (or slide), for several ``k``. It is not part of
+post-processing (a median over the whole slide needs a pass after the tiles).
+
+Two measurements (from the project root):
+
+- MoNuSeg, each image whole, after the shipped post-processing (as
+  ``benchmarks/probability_floor.py``; 20 s for the validation part on 2 CPU cores)::
+
+      python benchmarks/relative_hematoxylin.py monuseg [--part validation|train]
+
+- a ``segment`` run against detections judged by eye (``benchmarks/judged_detections.py``),
+  from the run's GeoJSON measurements::
+
+      python benchmarks/relative_hematoxylin.py judged \\
+          --judgments benchmarks/judgments/cmu-demo.json \\
+          --geojson results/CMU-1-Small-Region.geojson
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from scipy import ndimage as ndi
+from shapely import STRtree
+from shapely.geometry import Point, shape
+
+from probability_floor import monuseg_parser, print_sweep, removal_rows, segment_monuseg
+from wsi_s2lcm.polygons import HEMATOXYLIN_OD_MEAN
+from wsi_s2lcm.qupath.export import read_features
+from wsi_s2lcm.stain import hematoxylin_od
+
+FRACTIONS = (0.0, 0.3, 0.4, 0.5, 0.6)
+
+
+def monuseg(argv: list[str]) -> int:
+    """The sweep on MoNuSeg images."""
+    args = monuseg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    per_image = []
+    for image, _, labels, truth, scribbles in segment_monuseg(args, {}):
+        values = np.arange(1, int(labels.max()) + 1)
+        mean = np.asarray(ndi.mean(hematoxylin_od(image), labels, values))
+        median = float(np.median(mean))
+        removals = [mean < fraction * median for fraction in FRACTIONS]
+        per_image.append(removal_rows(labels, truth, scribbles, removals))
+    print_sweep("fraction of median", FRACTIONS, per_image)
+    return 0
+
+
+def judged(argv: list[str]) -> int:
+    """The sweep on a run's detections that hold judged points."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--judgments", required=True)
+    parser.add_argument("--geojson", required=True)
+    args = parser.parse_args(argv)
+    features = read_features(args.geojson)
+    tree = STRtree([shape(feature["geometry"]) for feature in features])
+    stain = np.array([f["properties"]["measurements"][HEMATOXYLIN_OD_MEAN] for f in features])
+    median = float(np.median(stain))
+    with open(args.judgments, encoding="utf-8") as handle:
+        samples = json.load(handle)["samples"]
+    points = [point for sample in samples for point in sample["points"]]
+    judged_stain = {True: [], False: []}
+    for point in points:
+        hit = tree.query(Point(point["x"], point["y"]), predicate="within")
+        if len(hit):
+            judged_stain[point["nucleus"]].append(stain[hit[0]])
+    nuclei, others = (np.array(judged_stain[key]) for key in (True, False))
+    sys.stdout.write(f"{args.geojson}: {len(features)} detections, median OD {median:.3f}; "
+                     f"{len(nuclei)} judged nuclei and {len(others)} judged false detections\n")
+    for fraction in FRACTIONS:
+        floor = fraction * median
+        sys.stdout.write(
+            f"{fraction:.2f}: removes {int((stain < floor).sum())} detections, "
+            f"{int((nuclei < floor).sum())} judged nuclei, "
+            f"{int((others < floor).sum())} judged false detections\n"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("monuseg", "judged"):
+        raise SystemExit("usage: relative_hematoxylin.py monuseg|judged [options]")
+    return monuseg(argv[1:]) if argv[0] == "monuseg" else judged(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
