@@ -5,6 +5,11 @@ random (seeded), and writes sheets of 50 crops of 24 µm, each with the drawn de
 in green and numbered, plus the drawn label values as JSON. A person then marks each crop as a
 nucleus or not; docs/MODEL.md records such a count for the demo slide.
 
+With ``--boxes N`` it also draws N boxes of 40 µm at random on tissue (at least 80 % of their
+pixels darker than 200 in mean RGB) and shows each twice, as read and with every detection
+outlined, for counting by eye the nuclei that are not outlined (``boxes<i>.png``, two boxes
+each).
+
 Usage (from the project root)::
 
     wsi-s2lcm segment examples/CMU-1-Small-Region.svs --out results/
@@ -28,6 +33,8 @@ from skimage.segmentation import find_boundaries
 from wsi_s2lcm.slide import open_slide
 
 CROP_UM = 24.0
+BOX_UM = 40.0
+BOX_ZOOM = 4
 SHOWN_PX = 144
 PER_SHEET = 50
 COLUMNS = 10
@@ -59,6 +66,35 @@ def crop_sheet(rgb: np.ndarray, labels: np.ndarray, values: np.ndarray, side: in
     return sheet
 
 
+def box_origins(rgb: np.ndarray, side: int, count: int, seed: int) -> list[tuple[int, int]]:
+    """``count`` random ``(row, col)`` origins of ``side``-px boxes that lie mostly on tissue."""
+    rng = np.random.default_rng(seed)
+    origins: list[tuple[int, int]] = []
+    for _ in range(1000 * count):
+        if len(origins) == count:
+            break
+        y = int(rng.integers(0, rgb.shape[0] - side))
+        x = int(rng.integers(0, rgb.shape[1] - side))
+        if (rgb[y:y + side, x:x + side].mean(axis=2) < 200).mean() >= 0.8:
+            origins.append((y, x))
+    return origins
+
+
+def box_sheet(rgb: np.ndarray, labels: np.ndarray, origins: list, side: int) -> Image.Image:
+    """Each box as read (left) and with every detection outlined (right), one box per row."""
+    rows = []
+    for y, x in origins:
+        window = (slice(y, y + side), slice(x, x + side))
+        shown = np.kron(rgb[window], np.ones((BOX_ZOOM, BOX_ZOOM, 1), dtype=np.uint8))
+        zoomed = np.kron(labels[window], np.ones((BOX_ZOOM, BOX_ZOOM), dtype=labels.dtype))
+        outlined = shown.copy()
+        outlined[find_boundaries(zoomed, mode="inner")] = (0, 255, 0)
+        gap = np.full((shown.shape[0], 8, 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([shown, gap, outlined], axis=1))
+        rows.append(np.full((8, rows[-1].shape[1], 3), 255, dtype=np.uint8))
+    return Image.fromarray(np.concatenate(rows[:-1], axis=0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slide", type=Path, required=True)
@@ -66,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--boxes", type=int, default=0,
+                        help="also draw this many 40-µm boxes on tissue")
     parser.add_argument("--mpp", type=float, default=None,
                         help="the slide's µm/px, if it records none")
     args = parser.parse_args(argv)
@@ -85,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(values), PER_SHEET):
         sheet = crop_sheet(rgb, labels, values[start:start + PER_SHEET], side)
         sheet.save(args.out / f"sheet{start // PER_SHEET}.png")
-    drawn = {"labels": str(args.labels), "seed": args.seed, "values": values.tolist()}
+    box_side = int(round(BOX_UM / mpp))
+    origins = box_origins(rgb, box_side, args.boxes, args.seed) if args.boxes else []
+    for start in range(0, len(origins), 2):
+        box_sheet(rgb, labels, origins[start:start + 2], box_side).save(
+            args.out / f"boxes{start // 2}.png")
+    drawn = {"labels": str(args.labels), "seed": args.seed, "values": values.tolist(),
+             "boxes_yx": origins}
     (args.out / "drawn.json").write_text(json.dumps(drawn) + "\n", encoding="utf-8")
     sys.stdout.write(f"wrote {-(-len(values) // PER_SHEET)} sheet(s) to {args.out}\n")
     return 0
