@@ -1,24 +1,25 @@
-"""Probe: drop detections much paler in hematoxylin than the slide's typical detection?
+"""The sweep that chose the slide stain check (``min_slide_hematoxylin_fraction``).
 
 A fixed floor on a nucleus's mean hematoxylin optical density fails on lightly stained slides
-(docs/MODEL.md, Known limits). This probe measures a floor relative to each image's own
-detections instead: an object is removed when its mean hematoxylin OD is below ``k`` times the
-median over all detections of the image (or slide), for several ``k``. It is not part of
-post-processing (a median over the whole slide needs a pass after the tiles).
+(docs/MODEL.md, Known limits). The slide stain check is relative to each slide's own detections
+instead: an object is removed when its mean hematoxylin OD is below ``k`` times the median over
+all detections of the slide. This script measures it for several ``k``, without the check itself.
 
 Two measurements (from the project root):
 
-- MoNuSeg, each image whole, after the shipped post-processing (as
+- MoNuSeg, each image whole, after every check but this one (as
   ``benchmarks/probability_floor.py``; 20 s for the validation part on 2 CPU cores)::
 
       python benchmarks/relative_hematoxylin.py monuseg [--part validation|train]
 
-- a ``segment`` run against detections judged by eye (``benchmarks/judged_detections.py``),
-  from the run's GeoJSON measurements::
+- a ``segment`` run made without the check, against detections judged by eye
+  (``benchmarks/judged_detections.py``), from the run's GeoJSON measurements::
 
+      wsi-s2lcm segment examples/CMU-1-Small-Region.svs --out runs/no-slide-check \\
+          --postprocess min_slide_hematoxylin_fraction=0
       python benchmarks/relative_hematoxylin.py judged \\
           --judgments benchmarks/judgments/cmu-demo.json \\
-          --geojson results/CMU-1-Small-Region.geojson
+          --geojson runs/no-slide-check/CMU-1-Small-Region.geojson
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from tiatoolbox.annotation.storage import DictionaryStore
 from wsi_s2lcm.polygons import MEASUREMENTS, Nucleus, nuclei_from_labels
 from wsi_s2lcm.qupath.export import (
     GeoJSONWriter,
+    iter_written_features,
     nucleus_feature,
     polygon_geometry,
     read_features,
@@ -224,3 +225,21 @@ def test_open_close_and_abort_without_a_with_block(tmp_path, real_nuclei):
     assert len(read_features(path)) == 1
     with pytest.raises(RuntimeError, match="not open"):
         writer.close()
+
+
+def test_close_can_leave_features_out(tmp_path, real_nuclei):
+    features = [nucleus_feature(nucleus) for nucleus in real_nuclei[:6]]
+    for compress in (False, True):
+        path = tmp_path / ("kept.geojson.gz" if compress else "kept.geojson")
+        writer = GeoJSONWriter(path, compress=compress).open()
+        writer.write_all(features)
+        writer.close(skip={0, 3, 5})
+        assert writer.count == 3
+        assert read_features(path) == [features[1], features[2], features[4]]
+        assert [json.loads(text) for text in iter_written_features(path)] == read_features(path)
+        assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+    everything = tmp_path / "none.geojson"
+    writer = GeoJSONWriter(everything).open()
+    writer.write_all(features[:2])
+    writer.close(skip={0, 1})
+    assert read_features(everything) == [] and list(iter_written_features(everything)) == []

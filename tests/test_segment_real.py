@@ -108,18 +108,28 @@ def test_cmu_no_duplicates_and_qupath_rules(cmu_default, cmu_tile_sizes):
 
 
 def test_dropped_counts_say_what_each_check_removed(tmp_path, slides_dir, cmu_tile_sizes):
-    """The summary counts each object the checks removed once; without the confidence floor
-    exactly its count of objects comes back, and the checks before it count the same."""
-    with_floor = json.loads((cmu_tile_sizes[1024] / "CMU-1-Small-Region.json").read_text())
-    segment([slides_dir / "CMU-1-Small-Region.svs", "--out", tmp_path, "--tile-size", 1024,
-             "--workers", 2, "--model", FAST_MODEL, "--no-labels", "--no-overlay",
-             "--postprocess", "min_mean_probability=0"])
-    without = json.loads((tmp_path / "CMU-1-Small-Region.json").read_text())
-    dropped = with_floor["dropped_by_check"]
-    assert set(dropped) == {"green", "unstained", "low_probability"}
+    """The summary counts each object the checks removed once: turning off the last check
+    brings back exactly its count, and the checks before it count the same."""
+    runs = {"all": json.loads((cmu_tile_sizes[1024] / "CMU-1-Small-Region.json").read_text())}
+    off = {"no slide check": ["min_slide_hematoxylin_fraction=0"],
+           "no slide check, no floor": ["min_slide_hematoxylin_fraction=0",
+                                        "min_mean_probability=0"]}
+    for name, settings in off.items():
+        out = tmp_path / name.replace(" ", "-").replace(",", "")
+        options = [arg for setting in settings for arg in ("--postprocess", setting)]
+        segment([slides_dir / "CMU-1-Small-Region.svs", "--out", out, "--tile-size", 1024,
+                 "--workers", 2, "--model", FAST_MODEL, "--no-overlay", *options])
+        runs[name] = json.loads((out / "CMU-1-Small-Region.json").read_text())
+        labels = read_labels(out / "CMU-1-Small-Region.zarr")
+        assert len(np.unique(labels)) - 1 == runs[name]["nuclei"]
+    dropped = runs["all"]["dropped_by_check"]
+    assert set(dropped) == {"green", "unstained", "low_probability", "paler_than_slide"}
     assert min(dropped.values()) > 50, dropped  # the demo slide has ink, stroma and faint blobs
-    assert without["dropped_by_check"] == {**dropped, "low_probability": 0}
-    assert without["nuclei"] - with_floor["nuclei"] == dropped["low_probability"]
+    for before, after, check in [("all", "no slide check", "paler_than_slide"),
+                                 ("no slide check", "no slide check, no floor", "low_probability")]:
+        assert runs[after]["dropped_by_check"] == {**runs[before]["dropped_by_check"], check: 0}
+        count = runs[before]["dropped_by_check"][check]
+        assert runs[after]["nuclei"] - runs[before]["nuclei"] == count > 0
 
 
 def test_geojson_round_trip_reproduces_the_label_zarr(cmu_default):

@@ -102,6 +102,11 @@ class PostprocessConfig:
         An object is kept only when the mean nucleus probability of its pixels is at least this;
         the default 0.7 drops faint blobs that only just clear ``threshold`` (on slides unlike
         the training data, mostly pink stroma and debris: docs/MODEL.md). 0 keeps every object.
+    min_slide_hematoxylin_fraction : float
+        After all tiles, a nucleus is kept only when its mean hematoxylin optical density is at
+        least this fraction of the median over all the slide's nuclei; the default 0.3 drops
+        objects far paler than the slide's typical nucleus (on slides unlike the training data,
+        pink and pale debris: docs/MODEL.md). 0 keeps every object.
     drop_green : bool
         Drop objects whose mean colour is greener than it is red. Hematoxylin and eosin both
         absorb green at least as much as red, so an H&E-stained object never is; green and teal
@@ -115,6 +120,7 @@ class PostprocessConfig:
     h_um: float = 0.75
     min_hematoxylin_contrast: float = 1.0
     min_mean_probability: float = 0.7
+    min_slide_hematoxylin_fraction: float = 0.3
     drop_green: bool = True
 
     def __post_init__(self) -> None:
@@ -128,6 +134,11 @@ class PostprocessConfig:
             raise ConfigError(
                 f"min_hematoxylin_contrast {self.min_hematoxylin_contrast} must be >= 0 "
                 "(0 keeps every object)."
+            )
+        if not 0 <= self.min_slide_hematoxylin_fraction < 1:
+            raise ConfigError(
+                f"min_slide_hematoxylin_fraction {self.min_slide_hematoxylin_fraction} must lie "
+                "in [0, 1) (0 keeps every object)."
             )
         if not 0 <= self.min_mean_probability < 1:
             raise ConfigError(

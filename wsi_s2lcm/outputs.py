@@ -1,21 +1,26 @@
 """The files one segmentation run writes, and the writer that fills them as tiles complete.
 
 :class:`RunOutputs` streams nuclei to the GeoJSON writer and the label store (which also finds
-nuclei kept twice by neighbouring tiles), draws the overlay, and finishes or aborts all of them
-together, so a failed run leaves no partial output.
+nuclei kept twice by neighbouring tiles), removes at the end those much paler than the slide's
+typical nucleus, draws the overlay, and finishes or aborts all of them together, so a failed run
+leaves no partial output.
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
+from wsi_s2lcm.polygons import AREA, HEMATOXYLIN_OD_MEAN
 from wsi_s2lcm.tile_task import TileJob, TileResult
 
 #: A nucleus whose pixels are already taken by written nuclei for this fraction of its area or
@@ -121,6 +126,12 @@ class RunOutputs:
         self.outside_tissue = 0
         self._tissue = tissue
         self._next_label = 1
+        # per written nucleus, in label order (compact: a slide can hold millions): its mean
+        # hematoxylin OD, its area and its box (y0, x0, y1, x1) in the label store
+        self._hematoxylin = array.array("d")
+        self._areas = array.array("d")
+        self._boxes = array.array("q")
+        self._removed: set[int] = set()
         self._finished: list[Path] = []
         self._store = None
         self._overlay = None
@@ -158,7 +169,7 @@ class RunOutputs:
         )
         if export.overlay:
             thumbnail, level0_per_px = slide.thumbnail(2048)
-            self._overlay = Overlay(thumbnail, level0_per_px)
+            self._overlay = Overlay(thumbnail, level0_per_px)  # drawn in finish()
 
     def add_tile(self, result: TileResult) -> None:
         """Write a tile's nuclei that lie on tissue, except those duplicating one written."""
@@ -185,9 +196,10 @@ class RunOutputs:
         from wsi_s2lcm.qupath.export import nucleus_feature
 
         self._geojson.write(nucleus_feature(nucleus))
-        self.area_um2 += nucleus.measurements.get("Area µm^2", 0.0)
-        if self._overlay is not None:
-            self._overlay.add([nucleus.polygon])
+        area = nucleus.measurements.get(AREA, 0.0)
+        self.area_um2 += area
+        self._areas.append(area)
+        self._hematoxylin.append(nucleus.measurements[HEMATOXYLIN_OD_MEAN])
         self.count += 1
 
     def _claim(self, x: int, y: int, labels: np.ndarray) -> list[int]:
@@ -217,7 +229,41 @@ class RunOutputs:
         lookup[kept + 1] = np.arange(self._next_label, self._next_label + kept.size, dtype=np.uint32)
         self._next_label += kept.size
         self._store.write_where_empty(y0, x0, lookup[block])
+        ordinal = np.zeros(count + 1, dtype=np.int32)
+        ordinal[kept + 1] = np.arange(1, kept.size + 1, dtype=np.int32)
+        for rows, cols in ndimage.find_objects(ordinal[block]):
+            self._boxes.extend((y0 + rows.start, x0 + cols.start, y0 + rows.stop, x0 + cols.stop))
         return kept.tolist()
+
+    def drop_paler_than_slide(self, fraction: float) -> int:
+        """Remove the nuclei whose mean hematoxylin OD is below ``fraction`` of the median over
+        all the nuclei written; return how many.
+
+        A stain check against the slide's own nuclei, so it holds on pale and dark slides alike.
+        It needs every nucleus, so it runs once, after all tiles and large nuclei are written:
+        their pixels are cleared from the label store now, their features are left out when the
+        GeoJSON is closed, and the overlay, drawn at the end, never shows them.
+        """
+        if fraction <= 0 or not self._hematoxylin:
+            return 0
+        values = np.asarray(self._hematoxylin)
+        floor = fraction * float(np.median(values))
+        removed = np.flatnonzero(values < floor)
+        # each store chunk that holds a removed nucleus is read and written once
+        boxes = np.asarray(self._boxes, dtype=np.int64).reshape(-1, 4)[removed]
+        chunk = self._store.chunk
+        by_chunk: dict[tuple[int, int], list[int]] = {}
+        for label, (y0, x0, y1, x1) in zip(removed + 1, boxes):
+            for row in range(y0 // chunk, (y1 - 1) // chunk + 1):
+                for col in range(x0 // chunk, (x1 - 1) // chunk + 1):
+                    by_chunk.setdefault((row, col), []).append(int(label))
+        for (row, col), labels in by_chunk.items():
+            block = self._store.read(row * chunk, col * chunk, chunk, chunk)
+            self._store.write(row * chunk, col * chunk, np.where(np.isin(block, labels), 0, block))
+        self.area_um2 -= float(np.asarray(self._areas)[removed].sum())
+        self._removed = set(removed.tolist())
+        self.count -= len(removed)
+        return len(removed)
 
     def finish(self) -> None:
         """Rename every output into place (the scratch label store is removed): all or none.
@@ -225,7 +271,7 @@ class RunOutputs:
         Should one step fail, the outputs already renamed are removed again (:meth:`abort`).
         """
         try:
-            self._geojson.close()
+            self._geojson.close(skip=self._removed)
             self._finished.append(self.paths.geojson)
             if self.export.labels:
                 self._store.finalize()
@@ -233,11 +279,21 @@ class RunOutputs:
             else:
                 self._store.abort()
             if self._overlay is not None:
+                self._draw_overlay()
                 self._overlay.save(self.paths.overlay)
                 self._finished.append(self.paths.overlay)
         except BaseException:
             self.abort()
             raise
+
+    def _draw_overlay(self) -> None:
+        """Outline every nucleus of the finished GeoJSON, read one feature at a time."""
+        from shapely.geometry import shape
+
+        from wsi_s2lcm.qupath.export import iter_written_features
+
+        for text in iter_written_features(self.paths.geojson):
+            self._overlay.add([shape(json.loads(text)["geometry"])])
 
     def abort(self) -> None:
         """Remove every partial output, and the outputs this run renamed into place already."""

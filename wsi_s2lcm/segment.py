@@ -34,6 +34,10 @@ from wsi_s2lcm.tiling import Tile, model_size, tile_grid
 
 logger = logging.getLogger(__name__)
 
+#: Name, in the run summary's ``dropped_by_check``, of the check against the slide's own nuclei
+#: (:meth:`wsi_s2lcm.outputs.RunOutputs.drop_paler_than_slide`).
+SLIDE_CHECK = "paler_than_slide"
+
 
 def segment_slide(
     slide_path: str | Path,
@@ -133,7 +137,7 @@ def segment_slide(
         writer = RunOutputs(paths, export, job, tiling, slide, card, post, tissue)
         fragments: list[Fragment] = []
         stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
-        dropped = dict.fromkeys(FALSE_OBJECT_CHECKS, 0)
+        dropped = dict.fromkeys((*FALSE_OBJECT_CHECKS, SLIDE_CHECK), 0)
         pass_started = time.perf_counter()
         for result in _run_tiles(tiles, job, tiling, dispatcher, progress):
             for key, value in result.seconds.items():
@@ -150,6 +154,7 @@ def segment_slide(
         for whole in large:
             writer.add_whole(whole)
         timings["large_nuclei"] = time.perf_counter() - large_started
+        dropped[SLIDE_CHECK] = writer.drop_paler_than_slide(post.min_slide_hematoxylin_fraction)
         summary = _summary(
             slide, card, job, tiling, export, tissue, len(tiles), writer, large, dropped
         )

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -148,16 +148,7 @@ class GeoJSONWriter:
         """Start the partial file and write the collection's header; return ``self``."""
         if self._raw is not None:
             raise RuntimeError(f"{self.partial_path} is open already.")
-        self._raw = self.partial_path.open("wb")
-        stream: BinaryIO = self._raw
-        if self.compress:
-            # no file name or time in the header: the same features give the same bytes
-            self._gzip = gzip.GzipFile(
-                filename="", mode="wb", fileobj=self._raw, compresslevel=6, mtime=0
-            )
-            stream = self._gzip
-        self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
-        self._text.write(_HEADER)
+        self._raw, self._gzip, self._text = _open_collection(self.partial_path, self.compress)
         return self
 
     def write(self, feature: dict[str, Any]) -> None:
@@ -173,22 +164,27 @@ class GeoJSONWriter:
         for feature in features:
             self.write(feature)
 
-    def close(self) -> None:
-        """Finish the collection and rename it into place (what a clean ``with`` exit does)."""
+    def close(self, skip: Collection[int] = ()) -> None:
+        """Finish the collection and rename it into place (what a clean ``with`` exit does).
+
+        Parameters
+        ----------
+        skip
+            Positions (0-based, in writing order) of features to leave out: the partial file is
+            copied without them before it is renamed into place.
+        """
         raw, gzip_stream, text = self._detach()
+        filtered = self.partial_path.with_name(self.partial_path.name + ".filtered")
         try:
-            text.write(_FOOTER)
-            text.flush()
-            text.detach()
-            if gzip_stream is not None:
-                gzip_stream.close()  # writes the gzip trailer; leaves the raw file open
-            raw.flush()
-            os.fsync(raw.fileno())
-            raw.close()
+            _close_collection(raw, gzip_stream, text)
+            if skip:
+                self.count -= _copy_without(self.partial_path, filtered, set(skip), self.compress)
+                os.replace(filtered, self.partial_path)
             os.replace(self.partial_path, self.path)
         except BaseException:
             raw.close()
             self.partial_path.unlink(missing_ok=True)
+            filtered.unlink(missing_ok=True)
             raise
         logger.info("wrote %d features to %s", self.count, self.path)
 
@@ -218,6 +214,77 @@ class GeoJSONWriter:
         streams = self._raw, self._gzip, self._text
         self._raw = self._gzip = self._text = None
         return streams
+
+
+def _open_collection(
+    path: Path, compress: bool
+) -> tuple[BinaryIO, gzip.GzipFile | None, io.TextIOWrapper]:
+    """Create ``path`` and write a collection's header: raw file, gzip stream, text stream."""
+    raw = path.open("wb")
+    stream: BinaryIO = raw
+    gzip_stream = None
+    if compress:
+        # no file name or time in the header: the same features give the same bytes
+        gzip_stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+        stream = gzip_stream
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
+    text.write(_HEADER)
+    return raw, gzip_stream, text
+
+
+def _close_collection(
+    raw: BinaryIO, gzip_stream: gzip.GzipFile | None, text: io.TextIOWrapper
+) -> None:
+    """Write a collection's footer and flush it to disk."""
+    text.write(_FOOTER)
+    text.flush()
+    text.detach()
+    if gzip_stream is not None:
+        gzip_stream.close()  # writes the gzip trailer; leaves the raw file open
+    raw.flush()
+    os.fsync(raw.fileno())
+    raw.close()
+
+
+def iter_written_features(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield the feature texts of a file :class:`GeoJSONWriter` wrote, one at a time.
+
+    The writer puts one feature per line, so a large file is read without holding it all.
+    """
+    path = Path(path)
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+    opened = gzip.open(path, "rt", encoding="utf-8") if compressed else path.open(encoding="utf-8")
+    with opened as lines:
+        if lines.readline() != _HEADER:
+            raise ValueError(f"{path}: not a file written by GeoJSONWriter.")
+        for line in lines:
+            line = line.rstrip("\n")
+            if line == _FOOTER.strip():
+                return
+            if not line:  # the empty line of a collection without features
+                continue
+            yield line[:-1] if line.endswith(",") else line
+    raise ValueError(f"{path}: the collection is not closed.")
+
+
+def _copy_without(source: Path, target: Path, skip: set[int], compress: bool) -> int:
+    """Copy a written collection to ``target`` leaving out the features at ``skip``; return how
+    many were left out."""
+    raw, gzip_stream, text = _open_collection(target, compress)
+    kept = left_out = 0
+    try:
+        for position, feature in enumerate(iter_written_features(source)):
+            if position in skip:
+                left_out += 1
+                continue
+            text.write(feature if kept == 0 else ",\n" + feature)
+            kept += 1
+        _close_collection(raw, gzip_stream, text)
+    except BaseException:
+        raw.close()
+        raise
+    return left_out
 
 
 def read_features(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
