@@ -154,7 +154,9 @@ def segment_slide(
         for whole in large:
             writer.add_whole(whole)
         timings["large_nuclei"] = time.perf_counter() - large_started
+        check_started = time.perf_counter()
         dropped[SLIDE_CHECK] = writer.drop_paler_than_slide(post.min_slide_hematoxylin_fraction)
+        timings["slide_check"] = time.perf_counter() - check_started
         summary = _summary(
             slide, card, job, tiling, export, tissue, len(tiles), writer, large, dropped
         )
