@@ -34,9 +34,10 @@ MONUSEG_IMAGE = "TCGA-21-5786-01Z-00-DX1"  # a validation image of the default m
 FAST_MODEL = "s2lcm-monuseg-fast"
 
 
-def segment(args: list) -> None:
+def segment(args: list) -> str:
     result = CliRunner().invoke(main, ["segment", *map(str, args), "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    return result.output
 
 
 def read_labels(path) -> np.ndarray:
@@ -117,9 +118,11 @@ def test_dropped_counts_say_what_each_check_removed(tmp_path, slides_dir, cmu_ti
     for name, settings in off.items():
         out = tmp_path / name.replace(" ", "-").replace(",", "")
         options = [arg for setting in settings for arg in ("--postprocess", setting)]
-        segment([slides_dir / "CMU-1-Small-Region.svs", "--out", out, "--tile-size", 1024,
-                 "--workers", 2, "--model", FAST_MODEL, "--no-overlay", *options])
+        output = segment([slides_dir / "CMU-1-Small-Region.svs", "--out", out, "--tile-size",
+                          1024, "--workers", 2, "--model", FAST_MODEL, "--no-overlay", *options])
         runs[name] = json.loads((out / "CMU-1-Small-Region.json").read_text())
+        total = sum(runs[name]["dropped_by_check"].values())
+        assert f"{runs[name]['nuclei']} nuclei ({total} more objects dropped" in output
         labels = read_labels(out / "CMU-1-Small-Region.zarr")
         assert len(np.unique(labels)) - 1 == runs[name]["nuclei"]
     dropped = runs["all"]["dropped_by_check"]

@@ -158,8 +158,11 @@ def segment_command(
                 dispatcher=dispatcher,
                 progress=show_progress(),
             )
+            dropped = sum(summary["dropped_by_check"].values())
             click.echo(
-                f"{path}: {summary['nuclei']} nuclei, {summary['tissue_mm2']:.2f} mm² tissue, "
+                f"{path}: {summary['nuclei']} nuclei ({dropped} more objects dropped by the "
+                f"checks, see {Path(summary['outputs']['summary']).name}), "
+                f"{summary['tissue_mm2']:.2f} mm² tissue, "
                 f"{summary['seconds']['total']:.1f} s -> {summary['outputs']['geojson']}"
             )
 
