@@ -2,8 +2,8 @@
 
 :class:`RunOutputs` streams nuclei to the GeoJSON writer and the label store (which also finds
 nuclei kept twice by neighbouring tiles), removes at the end those much paler than the slide's
-typical nucleus and those in clusters of touching nuclei too large to be nuclei, draws the
-overlay, and finishes or aborts all of them together, so a failed run leaves no partial output.
+typical nucleus, draws the overlay, and finishes or aborts all of them together, so a failed run
+leaves no partial output.
 """
 
 from __future__ import annotations
