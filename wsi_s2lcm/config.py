@@ -107,11 +107,6 @@ class PostprocessConfig:
         least this fraction of the median over all the slide's nuclei; the default 0.3 drops
         objects far paler than the slide's typical nucleus (on slides unlike the training data,
         pink and pale debris: docs/MODEL.md). 0 keeps every object.
-    max_cluster_um2 : float
-        After all tiles, the nuclei of a cluster of touching nuclei larger than this (µm², all
-        of them together) are dropped: the default 1,000 removes large dark structures such as
-        keratin that the watershed cut into nucleus-sized pieces (docs/MODEL.md). 0 keeps every
-        cluster.
     drop_green : bool
         Drop objects whose mean colour is greener than it is red. Hematoxylin and eosin both
         absorb green at least as much as red, so an H&E-stained object never is; green and teal
@@ -126,7 +121,6 @@ class PostprocessConfig:
     min_hematoxylin_contrast: float = 1.0
     min_mean_probability: float = 0.7
     min_slide_hematoxylin_fraction: float = 0.3
-    max_cluster_um2: float = 1000.0
     drop_green: bool = True
 
     def __post_init__(self) -> None:
@@ -145,11 +139,6 @@ class PostprocessConfig:
             raise ConfigError(
                 f"min_slide_hematoxylin_fraction {self.min_slide_hematoxylin_fraction} must lie "
                 "in [0, 1) (0 keeps every object)."
-            )
-        if not 0 <= self.max_cluster_um2 < math.inf:
-            raise ConfigError(
-                f"max_cluster_um2 {self.max_cluster_um2} must be a number >= 0 "
-                "(0 keeps every cluster)."
             )
         if not 0 <= self.min_mean_probability < 1:
             raise ConfigError(

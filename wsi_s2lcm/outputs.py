@@ -248,67 +248,22 @@ class RunOutputs:
             return 0
         values = np.asarray(self._hematoxylin)
         floor = fraction * float(np.median(values))
-        return self._remove(np.flatnonzero(values < floor))
-
-    def drop_large_clusters(self, max_um2: float) -> int:
-        """Remove the nuclei of each cluster of touching nuclei larger than ``max_um2`` in all;
-        return how many.
-
-        Nuclei touch when two of their pixels are 4-adjacent in the label store; a cluster is a
-        connected group of them, the region the network called foreground before it was split.
-        Keratin and other large dark structures are cut into nucleus-sized pieces that make up
-        such a region, far larger than any cluster of real touching nuclei. Like
-        :meth:`drop_paler_than_slide` it runs once, after all tiles (and after that check, whose
-        removed nuclei no longer connect anything).
-        """
-        if max_um2 <= 0 or not self._areas:
-            return 0
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        pairs = self._touching_pairs()
-        size = len(self._areas) + 1
-        graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(size, size))
-        _, cluster = connected_components(graph, directed=False)
-        areas = np.concatenate([[0.0], np.asarray(self._areas)])
-        areas[[index + 1 for index in self._removed]] = 0.0
-        cluster_area = np.bincount(cluster, weights=areas)[cluster]
-        large = np.flatnonzero(cluster_area[1:] > max_um2)
-        return self._remove(np.setdiff1d(large, list(self._removed)))
-
-    def _touching_pairs(self) -> np.ndarray:
-        """``(2, M)`` label pairs that are 4-adjacent somewhere in the store, chunk by chunk."""
-        chunk = self._store.chunk
-        height, width = self._store.shape
-        found = [np.zeros((2, 0), dtype=np.int64)]
-        for y0 in range(0, height, chunk):
-            for x0 in range(0, width, chunk):
-                # one more row and column, so pairs across chunk borders are seen too
-                block = self._store.read(y0, x0, chunk + 1, chunk + 1).astype(np.int64)
-                for a, b in ((block[:, :-1], block[:, 1:]), (block[:-1, :], block[1:, :])):
-                    touching = (a > 0) & (b > 0) & (a != b)
-                    if touching.any():
-                        found.append(np.unique(np.stack([a[touching], b[touching]]), axis=1))
-        return np.concatenate(found, axis=1)
-
-    def _remove(self, indices: np.ndarray) -> int:
-        """Clear the nuclei at ``indices`` (0-based, in writing order) from the label store and
-        mark them to be left out of the GeoJSON; return how many."""
+        removed = np.flatnonzero(values < floor)
         # each store chunk that holds a removed nucleus is read and written once
-        boxes = np.asarray(self._boxes, dtype=np.int64).reshape(-1, 4)[indices]
+        boxes = np.asarray(self._boxes, dtype=np.int64).reshape(-1, 4)[removed]
         chunk = self._store.chunk
         by_chunk: dict[tuple[int, int], list[int]] = {}
-        for label, (y0, x0, y1, x1) in zip(indices + 1, boxes):
+        for label, (y0, x0, y1, x1) in zip(removed + 1, boxes):
             for row in range(y0 // chunk, (y1 - 1) // chunk + 1):
                 for col in range(x0 // chunk, (x1 - 1) // chunk + 1):
                     by_chunk.setdefault((row, col), []).append(int(label))
         for (row, col), labels in by_chunk.items():
             block = self._store.read(row * chunk, col * chunk, chunk, chunk)
             self._store.write(row * chunk, col * chunk, np.where(np.isin(block, labels), 0, block))
-        self.area_um2 -= float(np.asarray(self._areas)[indices].sum())
-        self._removed.update(int(index) for index in indices)
-        self.count -= len(indices)
-        return len(indices)
+        self.area_um2 -= float(np.asarray(self._areas)[removed].sum())
+        self._removed = set(removed.tolist())
+        self.count -= len(removed)
+        return len(removed)
 
     def finish(self) -> None:
         """Rename every output into place (the scratch label store is removed): all or none.

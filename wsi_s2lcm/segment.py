@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 #: Name, in the run summary's ``dropped_by_check``, of the check against the slide's own nuclei
 #: (:meth:`wsi_s2lcm.outputs.RunOutputs.drop_paler_than_slide`).
 SLIDE_CHECK = "paler_than_slide"
-#: Name of the check on clusters of touching nuclei
-#: (:meth:`wsi_s2lcm.outputs.RunOutputs.drop_large_clusters`).
-CLUSTER_CHECK = "large_cluster"
 
 
 def segment_slide(
@@ -140,7 +137,7 @@ def segment_slide(
         writer = RunOutputs(paths, export, job, tiling, slide, card, post, tissue)
         fragments: list[Fragment] = []
         stage = {"read": 0.0, "predict": 0.0, "postprocess": 0.0}
-        dropped = dict.fromkeys((*FALSE_OBJECT_CHECKS, SLIDE_CHECK, CLUSTER_CHECK), 0)
+        dropped = dict.fromkeys((*FALSE_OBJECT_CHECKS, SLIDE_CHECK), 0)
         pass_started = time.perf_counter()
         for result in _run_tiles(tiles, job, tiling, dispatcher, progress):
             for key, value in result.seconds.items():
@@ -159,7 +156,6 @@ def segment_slide(
         timings["large_nuclei"] = time.perf_counter() - large_started
         check_started = time.perf_counter()
         dropped[SLIDE_CHECK] = writer.drop_paler_than_slide(post.min_slide_hematoxylin_fraction)
-        dropped[CLUSTER_CHECK] = writer.drop_large_clusters(post.max_cluster_um2)
         timings["slide_check"] = time.perf_counter() - check_started
         summary = _summary(
             slide, card, job, tiling, export, tissue, len(tiles), writer, large, dropped
