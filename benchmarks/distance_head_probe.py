@@ -37,28 +37,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 from torch import nn
 
+from monuseg_images import (
+    METRICS, MPP, ROOT, model_and_postprocess, read_image, read_truth, split_stems,
+)
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.metrics import evaluate_pair
-from wsi_s2lcm.models import load_model
 from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.qupath.imports import read_scribbles
 from wsi_s2lcm.training.calibrate import scribble_errors
 from wsi_s2lcm.training.inference import normalize
 from wsi_s2lcm.training.scribbles import rasterize_nucleus_ids
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
-SPLIT = ROOT / "pipelines" / "monuseg_split.json"
-MPP = 0.25
 CROP = 128
 HEIGHTS = (0.05, 0.1, 0.2, 0.3)
-METRICS = ("dice", "aji", "pq", "object_dice")
 
 
 def decoder_features(network: nn.Module, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,21 +200,15 @@ def score_separations(
     return results
 
 
-def read_truth(stem: str) -> np.ndarray:
-    """The full instance labels of one MoNuSeg image (reported only, never used to select)."""
-    return np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = probe_parser(__doc__.splitlines()[0], 1200, "distance-head-probe.json").parse_args(argv)
     torch.set_num_threads(args.threads)
-    split = json.loads(SPLIT.read_text())
-    model = load_model(None)
-    config = PostprocessConfig(**model.card.postprocess)
+    split = {part: split_stems(part) for part in ("train", "validation")}
+    model, config = model_and_postprocess()
     started = time.perf_counter()
     samples: dict[str, dict] = {}
     for stem in split["train"] + split["validation"]:
-        image = np.asarray(Image.open(DATA / "images" / f"{stem}.tif").convert("RGB"))
+        image = read_image(stem)
         probability, features = decoder_features(model.network, image)
         labels = instances_from_probability(probability, config, MPP)
         scribbles = read_scribbles(args.scribbles / f"{stem}.geojson")

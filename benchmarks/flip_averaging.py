@@ -13,24 +13,18 @@ Usage (from the project root; about 5 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from wsi_s2lcm.config import PostprocessConfig
+from monuseg_images import (
+    METRICS, MPP, model_and_postprocess, read_image, read_truth, split_stems,
+)
 from wsi_s2lcm.metrics import evaluate_pair
-from wsi_s2lcm.models import load_model
 from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.training.inference import predict_probability
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
-SPLIT = ROOT / "pipelines" / "monuseg_split.json"
-MPP = 0.25
 #: (quarter turns, mirrored) of each copy.
 COPIES = {
     "1 pass": [(0, False)],
@@ -38,7 +32,6 @@ COPIES = {
     "4 (flips)": [(0, False), (0, True), (2, False), (2, True)],
     "8 (rotations, flips)": [(turns, mirror) for turns in range(4) for mirror in (False, True)],
 }
-METRICS = ("dice", "aji", "pq", "object_dice")
 
 
 def transformed(image: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
@@ -59,12 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    config = PostprocessConfig(**model.card.postprocess)
+    model, config = model_and_postprocess(args.model)
     rows: dict[str, list[dict]] = {name: [] for name in COPIES}
-    for stem in json.loads(SPLIT.read_text())["validation"]:
-        image = np.asarray(Image.open(DATA / "images" / f"{stem}.tif").convert("RGB"))
-        truth = np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
+    for stem in split_stems("validation"):
+        image, truth = read_image(stem), read_truth(stem)
         maps = {
             copy: restored(predict_probability(model.network, transformed(image, *copy)), *copy)
             for copy in COPIES["8 (rotations, flips)"]

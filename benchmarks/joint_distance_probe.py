@@ -23,14 +23,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from distance_head_probe import (
-    DATA, MPP, SPLIT, probe_parser, pseudo_target, read_truth, score_separations,
-)
-from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.models import load_model
+from distance_head_probe import probe_parser, pseudo_target, score_separations
+from monuseg_images import MPP, model_and_postprocess, read_image, read_truth, split_stems
 from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.qupath.imports import read_scribbles
 from wsi_s2lcm.training.inference import normalize, predict_probability
@@ -103,13 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    split = json.loads(SPLIT.read_text())
-    model = load_model(None)
-    config = PostprocessConfig(**model.card.postprocess)
+    split = {part: split_stems(part) for part in ("train", "validation")}
+    model, config = model_and_postprocess()
     started = time.perf_counter()
     samples: dict[str, dict] = {}
     for stem in split["train"] + split["validation"]:
-        image = np.asarray(Image.open(DATA / "images" / f"{stem}.tif").convert("RGB"))
+        image = read_image(stem)
         scribbles = read_scribbles(args.scribbles / f"{stem}.geojson")
         probability = predict_probability(model.network, image)
         labels = instances_from_probability(probability, config, MPP)

@@ -18,31 +18,24 @@ Usage (from the project root; under a minute for the validation part on 2 CPU co
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy import ndimage as ndi
 
-from wsi_s2lcm.config import PostprocessConfig
+from monuseg_images import (
+    METRICS, MPP, ROOT, model_and_postprocess, read_image, read_truth, split_stems,
+)
 from wsi_s2lcm.metrics import evaluate_pair
-from wsi_s2lcm.models import load_model
 from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.qupath.imports import BACKGROUND, read_scribbles
 from wsi_s2lcm.training.calibrate import scribble_errors
 from wsi_s2lcm.training.inference import predict_probability
 from wsi_s2lcm.training.scribbles import rasterize_nucleus_ids, rasterize_scribbles
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
-SPLIT = ROOT / "pipelines" / "monuseg_split.json"
-MPP = 0.25
 FLOORS = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8)
-METRICS = ("dice", "aji", "pq", "object_dice")
 
 
 def removal_rows(
@@ -82,13 +75,11 @@ def segment_monuseg(args: argparse.Namespace, config_change: dict):
     """Yield ``(image, probability, labels, truth, scribbles)`` for each image of the part,
     segmented in one pass with the card's post-processing changed by ``config_change``."""
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model, config = model_and_postprocess(args.model, **config_change)
     if model.card.mpp != MPP:
         raise SystemExit(f"{model.card.name} reads {model.card.mpp} µm/px; this needs {MPP}")
-    config = dataclasses.replace(PostprocessConfig(**model.card.postprocess), **config_change)
-    for stem in json.loads(SPLIT.read_text())[args.part]:
-        image = np.asarray(Image.open(DATA / "images" / f"{stem}.tif").convert("RGB"))
-        truth = np.asarray(Image.open(DATA / "instance_labels" / f"{stem}.png")).astype(np.int32)
+    for stem in split_stems(args.part):
+        image, truth = read_image(stem), read_truth(stem)
         probability = predict_probability(model.network, image)
         labels = instances_from_probability(probability, config, MPP)
         labels = drop_false_objects(labels, image, probability, config, MPP)
