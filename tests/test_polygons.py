@@ -94,6 +94,16 @@ def test_coordinates_are_rounded_to_hundredths():
     assert np.array_equal(raster, labels)
 
 
+def _cut_corners(ring: np.ndarray, cut: float) -> shapely.Polygon:
+    """A pixel-edge ring with each corner replaced by the points ``cut`` along its two edges."""
+    points = []
+    for i, vertex in enumerate(ring):
+        for neighbour in (ring[i - 1], ring[(i + 1) % len(ring)]):
+            step = neighbour - vertex
+            points.append(vertex + cut * step / np.hypot(*step))
+    return shapely.Polygon(points)
+
+
 def test_measurements_of_a_square():
     labels = np.zeros((14, 14), np.int32)
     labels[2:12, 2:12] = 1
@@ -104,8 +114,10 @@ def test_measurements_of_a_square():
     m = nucleus.measurements
     assert list(m) == list(MEASUREMENTS)
     assert m["Area µm^2"] == pytest.approx(25.0)
-    assert m["Perimeter µm"] == pytest.approx(20.0)
-    assert m["Circularity"] == pytest.approx(math.pi / 4)
+    # a side of 20 level-0 px, each corner cut half a label pixel (1 level-0 px) along both edges
+    perimeter_px = 4 * 18 + 4 * math.sqrt(2)
+    assert m["Perimeter µm"] == pytest.approx(0.25 * perimeter_px)
+    assert m["Circularity"] == pytest.approx(4 * math.pi * (400 - 4 * 0.5) / perimeter_px**2)
     assert m["Solidity"] == pytest.approx(1.0)
     assert m["Nucleus probability mean"] == pytest.approx(0.8)
     # skimage's rgb2hed is the same deconvolution in units of ln(1e-6): OD (log10) / 6
@@ -113,13 +125,46 @@ def test_measurements_of_a_square():
     assert all(isinstance(v, float) for v in m.values())
 
 
-def test_solidity_and_centroid_of_an_l_shape():
+@pytest.mark.parametrize("radius", [6, 12, 24])
+def test_a_digitized_disc_measures_close_to_a_circle(radius):
+    size = 2 * radius + 6
+    yy, xx = np.mgrid[:size, :size] - (radius + 2.5)
+    labels = (np.hypot(yy, xx) <= radius).astype(np.int32)
+    (nucleus,) = _nuclei(labels, mpp=1.0)
+    m = nucleus.measurements
+    # along pixel edges the perimeter would be about 8 r, the circularity about pi^2 / 16 = 0.62
+    assert m["Perimeter µm"] == pytest.approx(2 * math.pi * radius, rel=0.06)
+    assert 0.85 < m["Circularity"] <= 1.0
+    assert m["Solidity"] > 0.95
+
+
+def test_shape_measurements_of_an_l_shape_and_a_ring():
+    labels = np.zeros((10, 10), np.int32)
+    labels[1:9, 1:3] = 1
+    labels[7:9, 3:9] = 1
+    ring = np.zeros((12, 12), np.int32)
+    ring[2:10, 2:10] = 1
+    ring[5:7, 5:7] = 0
+    (l_shape,) = _nuclei(labels, scale=3.0, mpp=0.5)
+    (annulus,) = _nuclei(ring, mpp=1.0)
+    cut = _cut_corners(trace_outline(np.pad(labels == 1, 1)).pop() - 1, 0.5)
+    assert l_shape.measurements["Perimeter µm"] == pytest.approx(0.5 * 3 * cut.length)
+    assert l_shape.measurements["Solidity"] == pytest.approx(cut.area / cut.convex_hull.area)
+    shell, hole = (_cut_corners(r, 0.5) for r in trace_outline(np.pad(ring == 1, 1)))
+    area = shell.area - hole.area
+    assert area == pytest.approx(ring.sum())  # the cuts of a shell and of a hole cancel
+    assert annulus.measurements["Perimeter µm"] == pytest.approx(shell.length + hole.length)
+    assert annulus.measurements["Circularity"] == pytest.approx(
+        4 * math.pi * area / (shell.length + hole.length) ** 2
+    )
+    assert annulus.measurements["Solidity"] == pytest.approx(area / shell.convex_hull.area)
+
+
+def test_centroid_of_an_l_shape():
     labels = np.zeros((10, 10), np.int32)
     labels[1:9, 1:3] = 1
     labels[7:9, 3:9] = 1
     (nucleus,) = _nuclei(labels, scale=3.0, offset=(30.0, 60.0))
-    hull = shapely.box(1, 1, 9, 9).difference(shapely.Polygon([(3, 1), (9, 1), (9, 7)]))
-    assert nucleus.measurements["Solidity"] == pytest.approx(28 / hull.area)
     cy, cx = regionprops(labels)[0].centroid
     assert nucleus.centroid_xy_level0 == pytest.approx((30 + 3 * (cx + 0.5), 60 + 3 * (cy + 0.5)))
 
