@@ -414,7 +414,8 @@ def run_row(table: Table, data: TableData, row: Row, out: Path, device: str, qui
     warm_config = load_train_config(None, stage_values(table, model_row, "warmup", quick, epochs))
     for directory in (model_dir, model_dir / LAST_DIR):
         ensure_calibrated(directory, lambda: data.train_images(model_row, warm_config)[1],
-                          warm_config.separation_heights_um, device)
+                          warm_config.separation_heights_um, warm_config.separation_thresholds,
+                          device)
     postprocess = PostprocessConfig(**{**read_card(model_dir).postprocess, **row.postprocess})
     (out / row.name).mkdir(parents=True, exist_ok=True)
     figures = evaluate_model(model_dir, data, out / row.name, postprocess, device)

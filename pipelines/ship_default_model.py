@@ -13,6 +13,10 @@ Usage (from the project root, after pipelines/train_default_model.sh)::
 
 Models trained before the trainer calibrated the watershed height on held-out scribbles are
 calibrated here first, with the held-out images and scribble files their card records.
+``--recalibrate`` calibrates again a model that was (the eleventh session added the probability
+threshold to what is calibrated: docs/TRAINING.md). ``--postprocess KEY=VALUE`` sets a
+post-processing value on the card first, so that the calibration and the figures use it (the
+eleventh session set the confidence floor ``min_mean_probability=0.75`` this way: docs/MODEL.md).
 
 After a change to segmentation, a shipped model is re-evaluated the same way from its own folder
 (its float16 weights are read and written back unchanged; only the card's figures and
@@ -32,11 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
+from wsi_s2lcm.cli_options import parse_assignments
+from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig, from_mapping
 from wsi_s2lcm.evaluation import evaluate_dirs
-from wsi_s2lcm.models import load_model, read_card, save_model
+from wsi_s2lcm.models import load_model, read_card, save_model, write_card
 from wsi_s2lcm.segment import segment_slide
-from wsi_s2lcm.training.calibrate import ensure_calibrated
+from wsi_s2lcm.training.calibrate import calibrate_model, ensure_calibrated
 from wsi_s2lcm.training.config import load_train_config
 from wsi_s2lcm.training.dataset import load_pair, pair_files
 from wsi_s2lcm.training.records import recorded_folders
@@ -74,8 +79,9 @@ def validation_figures(model_dir: Path, out_dir: Path) -> dict:
     }
 
 
-def calibrate_held_out(model_dir: Path) -> None:
-    """Calibrate the separation on the held-out scribbles recorded on the card, if not done yet.
+def calibrate_held_out(model_dir: Path, again: bool = False) -> None:
+    """Calibrate the threshold and the separation on the held-out scribbles recorded on the card,
+    if not done yet (or ``again``).
 
     Models trained before the trainer calibrated them have no record; this runs the same
     calibration on the held-out images and scribble files that training used.
@@ -91,7 +97,11 @@ def calibrate_held_out(model_dir: Path) -> None:
         return [item for stem, image, scribbles in pairs
                 for item in load_pair(stem, image, scribbles, data["image_mpp"], config)]
 
-    ensure_calibrated(model_dir, images, config.separation_heights_um)
+    heights, thresholds = config.separation_heights_um, config.separation_thresholds
+    if again:
+        calibrate_model(model_dir, images(), heights, thresholds)
+    else:
+        ensure_calibrated(model_dir, images, heights, thresholds)
 
 
 def main() -> None:
@@ -99,9 +109,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "runs" / "default-model")
     parser.add_argument("--name", default="s2lcm-monuseg")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="calibrate the threshold and separation again on held-out scribbles")
+    parser.add_argument("--postprocess", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a post-processing value on the card before calibrating")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    calibrate_held_out(args.model)
+    if args.postprocess:
+        card = read_card(args.model)
+        values = {**(card.postprocess or {}),
+                  **parse_assignments(tuple(args.postprocess), "--postprocess")}
+        postprocess = dataclasses.asdict(from_mapping(PostprocessConfig, values, "--postprocess"))
+        write_card(args.model, dataclasses.replace(card, postprocess=postprocess))
+    calibrate_held_out(args.model, args.recalibrate)
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         figures = validation_figures(args.model, Path(scratch))

@@ -1,4 +1,5 @@
-"""Separation calibrated on nucleus scribbles: error counts, the choice of height, the id raster."""
+"""Threshold and separation calibrated on nucleus scribbles: error counts, the choice of
+threshold and height, the id raster."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def test_scribble_errors_count_splits_merges_and_misses() -> None:
         scribble_errors(labels, ids[:, :3])
 
 
+def _stained(probability: np.ndarray) -> np.ndarray:
+    """An RGB image with purple (hematoxylin) where ``probability`` is high, pale pink elsewhere,
+    so that the checks of post-processing keep the objects."""
+    rgb = np.empty(probability.shape + (3,), np.uint8)
+    rgb[...] = (235, 215, 230)
+    rgb[probability > 0.3] = (90, 60, 140)
+    return rgb
+
+
 def _two_touching_discs() -> tuple[np.ndarray, np.ndarray]:
     """Two discs of radius 8 px whose centres are 13 px apart, one scribble across each."""
     yy, xx = np.mgrid[0:32, 0:48]
@@ -40,7 +50,7 @@ def _two_touching_discs() -> tuple[np.ndarray, np.ndarray]:
 
 def test_calibration_picks_a_height_that_splits_the_touching_pair() -> None:
     probability, ids = _two_touching_discs()
-    config, table = calibrate_separation([probability], [ids], mpp=0.5,
+    config, table = calibrate_separation([_stained(probability)], [probability], [ids], mpp=0.5,
                                          heights_um=(0.5, 4.0))
     by_height = {row["h_um"]: row for row in table}
     assert by_height[4.0]["merged"] == 1 and by_height[0.5]["merged"] == 0
@@ -48,15 +58,41 @@ def test_calibration_picks_a_height_that_splits_the_touching_pair() -> None:
     assert config.threshold == PostprocessConfig().threshold
 
 
-def test_calibration_ties_go_to_the_default_height_and_empty_input_is_refused() -> None:
+def test_calibration_picks_the_threshold_that_cuts_a_neck_but_keeps_a_faint_nucleus() -> None:
+    yy, xx = np.mgrid[0:40, 0:80]
+    probability = np.zeros((40, 80))
+    ids = np.zeros((40, 80), np.int32)
+    probability[12:28, 10:50] = 0.55  # a wide neck of middling probability ...
+    for value, cx in enumerate((16, 44), start=1):  # ... between two sure nuclei
+        probability[(yy - 20) ** 2 + (xx - cx) ** 2 <= 64] = 0.9
+        ids[20, cx - 3:cx + 4] = value
+    probability[(yy - 20) ** 2 + (xx - 68) ** 2 <= 36] = 0.65  # a faint nucleus
+    ids[20, 66:71] = 3
+    # ties would go to 0.7: only counting the faint nucleus as missed there prefers 0.6
+    base = PostprocessConfig(min_mean_probability=0.0, threshold=0.7)
+    config, table = calibrate_separation(
+        [_stained(probability)], [probability], [ids], 0.5, (4.0,), (0.5, 0.6, 0.7), base
+    )
+    by_threshold = {row["threshold"]: row for row in table}
+    assert by_threshold[0.5]["merged"] == 1 and by_threshold[0.5]["missed"] == 0
+    assert by_threshold[0.6]["merged"] == 0 and by_threshold[0.6]["missed"] == 0
+    assert by_threshold[0.7]["merged"] == 0 and by_threshold[0.7]["missed"] == 1
+    assert (config.threshold, config.h_um) == (0.6, 4.0)
+    assert config.min_mean_probability == 0.0  # the other values are kept
+
+
+def test_calibration_ties_go_to_the_default_height_and_bad_input_is_refused() -> None:
     probability, ids = _two_touching_discs()
+    rgb = _stained(probability)
     far = np.where(ids == 1, 1, 0)  # one scribble only: no height can err
-    config, _ = calibrate_separation([probability], [far], 0.5, (0.25, 0.75, 1.5))
+    config, _ = calibrate_separation([rgb], [probability], [far], 0.5, (0.25, 0.75, 1.5))
     assert config.h_um == PostprocessConfig().h_um
     with pytest.raises(ValueError, match="no nucleus scribble"):
-        calibrate_separation([probability], [np.zeros_like(ids)], 0.5, (0.5,))
+        calibrate_separation([rgb], [probability], [np.zeros_like(ids)], 0.5, (0.5,))
     with pytest.raises(ValueError, match="no candidate"):
-        calibrate_separation([probability], [ids], 0.5, ())
+        calibrate_separation([rgb], [probability], [ids], 0.5, ())
+    with pytest.raises(ValueError, match="one of each"):
+        calibrate_separation([], [probability], [ids], 0.5, (0.5,))
 
 
 def test_nucleus_ids_paint_each_nucleus_scribble_apart() -> None:

@@ -74,10 +74,11 @@ def test_train_writes_a_model_that_loads_and_segments(data, tmp_path):
     assert len(card.metrics["held_out_images"]) == 1
     assert 0.0 <= card.metrics["val_balanced_accuracy"] <= 1.0
     calibration = card.metrics["separation_calibration"]
-    heights = list(TrainConfig().separation_heights_um)
-    assert [row["h_um"] for row in calibration["table"]] == heights
+    defaults = TrainConfig()
+    pairs = [(t, h) for t in defaults.separation_thresholds for h in defaults.separation_heights_um]
+    assert [(row["threshold"], row["h_um"]) for row in calibration["table"]] == pairs
     assert calibration["table"][0]["scribbles"] > 0
-    assert card.postprocess["h_um"] in TrainConfig().separation_heights_um
+    assert (card.postprocess["threshold"], card.postprocess["h_um"]) in pairs
     assert card.postprocess["separate"] is True
     image = np.asarray(tifffile.imread(data / "images" / f"{STEMS[0]}.tif"))[:128, :96]
     with torch.inference_mode():

@@ -1,11 +1,14 @@
-"""Choose how hard post-processing separates touching nuclei, from held-out scribbles only.
+"""Choose how post-processing forms and separates nuclei, from held-out scribbles only.
 
 The watershed that splits touching nuclei (:mod:`wsi_s2lcm.postprocess`) is seeded by h-maxima
-of the distance transform; a low height ``h`` splits more, a high one merges more. Scribbles say
-nothing about where a nucleus ends, but each nucleus scribble marks one nucleus: an instance that
-holds two nucleus scribbles merges two nuclei, and a nucleus scribble that crosses two instances
-is split. :func:`calibrate_separation` segments the held-out images at each candidate height and
-keeps the one with the fewest such errors. Full masks are never used.
+of the distance transform; a low height ``h`` splits more, a high one merges more. The
+probability threshold decides where the foreground ends: a higher one cuts more of the necks
+between touching nuclei but loses faint nuclei. Scribbles say nothing about where a nucleus ends,
+but each nucleus scribble marks one nucleus: an instance that holds two nucleus scribbles merges
+two nuclei, a nucleus scribble that crosses two instances is split, and one that touches no
+instance is missed. :func:`calibrate_separation` segments the held-out images, with every check
+of post-processing, at each candidate threshold and height and keeps the pair with the fewest
+such errors. Full masks are never used.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.models import load_model, read_card, write_card
-from wsi_s2lcm.postprocess import instances_from_probability
+from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.inference import predict_probability
 
@@ -66,18 +69,24 @@ def scribble_errors(labels: np.ndarray, nucleus_ids: np.ndarray) -> dict[str, in
 
 
 def calibrate_separation(
+    images: Sequence[np.ndarray],
     probabilities: Sequence[np.ndarray],
     nucleus_ids: Sequence[np.ndarray],
     mpp: float,
     heights_um: Sequence[float],
+    thresholds: Sequence[float] = (),
     postprocess: PostprocessConfig | None = None,
 ) -> tuple[PostprocessConfig, list[dict]]:
-    """Pick the h-maxima height that splits and merges the fewest nucleus scribbles.
+    """Pick the threshold and h-maxima height that split, merge and miss the fewest nucleus
+    scribbles.
 
     Parameters
     ----------
+    images
+        The held-out images, ``(H, W, 3)`` uint8 RGB at ``mpp`` (for the checks of
+        :func:`~wsi_s2lcm.postprocess.drop_false_objects`, which run as in ``segment``).
     probabilities
-        Nucleus probability maps of the held-out images, at ``mpp``.
+        Their nucleus probability maps.
     nucleus_ids
         The matching nucleus-scribble id rasters
         (:func:`~wsi_s2lcm.training.scribbles.rasterize_nucleus_ids`).
@@ -85,6 +94,8 @@ def calibrate_separation(
         µm per pixel of the maps.
     heights_um
         Candidate heights ``h_um``.
+    thresholds
+        Candidate probability thresholds; empty: ``postprocess.threshold`` only.
     postprocess
         The other post-processing values (package defaults when ``None``); ``separate`` is
         switched on.
@@ -92,11 +103,12 @@ def calibrate_separation(
     Returns
     -------
     config : PostprocessConfig
-        ``postprocess`` with the chosen ``h_um``: fewest ``split + merged``, ties to the
-        height nearest the package default.
+        ``postprocess`` with the chosen ``threshold`` and ``h_um``: fewest ``split + merged +
+        missed``, ties to the threshold nearest ``postprocess.threshold``, then to the height
+        nearest the package default.
     table : list of dict
-        For each height: ``h_um``, ``split``, ``merged``, ``missed``, ``scribbles``, summed over
-        the images.
+        For each pair: ``threshold``, ``h_um``, ``split``, ``merged``, ``missed``,
+        ``scribbles``, summed over the images.
 
     Raises
     ------
@@ -106,32 +118,42 @@ def calibrate_separation(
     base = dataclasses.replace(postprocess or PostprocessConfig(), separate=True)
     if not heights_um:
         raise ValueError("no candidate heights to calibrate the separation with.")
-    if len(probabilities) != len(nucleus_ids):
+    if not len(images) == len(probabilities) == len(nucleus_ids):
         raise ValueError(
-            f"{len(probabilities)} probability maps but {len(nucleus_ids)} id rasters."
+            f"{len(images)} images, {len(probabilities)} probability maps and "
+            f"{len(nucleus_ids)} id rasters: one of each per held-out image is needed."
         )
     if not any((ids > 0).any() for ids in nucleus_ids):
         raise ValueError(
             "no nucleus scribble on the held-out images to calibrate the separation on."
         )
     table = []
-    for height in heights_um:
-        config = dataclasses.replace(base, h_um=float(height))
-        totals = {"h_um": float(height), "split": 0, "merged": 0, "missed": 0, "scribbles": 0}
-        for probability, ids in zip(probabilities, nucleus_ids):
-            counts = scribble_errors(instances_from_probability(probability, config, mpp), ids)
-            for key, value in counts.items():
-                totals[key] += value
-        table.append(totals)
+    for threshold in thresholds or (base.threshold,):
+        for height in heights_um:
+            config = dataclasses.replace(base, threshold=float(threshold), h_um=float(height))
+            totals = {"threshold": float(threshold), "h_um": float(height),
+                      "split": 0, "merged": 0, "missed": 0, "scribbles": 0}
+            for image, probability, ids in zip(images, probabilities, nucleus_ids):
+                labels = instances_from_probability(probability, config, mpp)
+                labels = drop_false_objects(labels, image, probability, config, mpp)
+                for key, value in scribble_errors(labels, ids).items():
+                    totals[key] += value
+            table.append(totals)
     default = PostprocessConfig().h_um
-    best = min(table, key=lambda row: (row["split"] + row["merged"], abs(row["h_um"] - default)))
-    return dataclasses.replace(base, h_um=best["h_um"]), table
+    best = min(table, key=lambda row: (
+        row["split"] + row["merged"] + row["missed"],
+        abs(row["threshold"] - base.threshold),
+        abs(row["h_um"] - default),
+    ))
+    config = dataclasses.replace(base, threshold=best["threshold"], h_um=best["h_um"])
+    return config, table
 
 
 def calibrate_model(
     directory: str | Path,
     images: Sequence[TrainImage],
     heights_um: Sequence[float],
+    thresholds: Sequence[float] = (),
     device: str = "cpu",
     amp: bool = False,
 ) -> PostprocessConfig:
@@ -146,8 +168,8 @@ def calibrate_model(
         A model directory (``card.json`` + weights).
     images
         Held-out images with their ``nucleus_ids``, at the model's mpp.
-    heights_um
-        Candidate heights.
+    heights_um, thresholds
+        Candidate heights and thresholds (:func:`calibrate_separation`).
     device, amp
         Where to run the network.
 
@@ -162,11 +184,13 @@ def calibrate_model(
     probabilities = [predict_probability(network, t.image, device, amp) for t in usable]
     base = PostprocessConfig(**model.card.postprocess) if model.card.postprocess else None
     config, table = calibrate_separation(
-        probabilities, [t.nucleus_ids for t in usable], model.card.mpp, heights_um, base
+        [t.image for t in usable], probabilities, [t.nucleus_ids for t in usable],
+        model.card.mpp, heights_um, thresholds, base,
     )
     record = {
-        "method": "h_um with the fewest split plus merged nucleus scribbles on the held-out "
-                  "images (wsi_s2lcm.training.calibrate)",
+        "method": "threshold and h_um with the fewest split, merged and missed nucleus "
+                  "scribbles on the held-out images, every check of post-processing on "
+                  "(wsi_s2lcm.training.calibrate)",
         "held_out_images": [t.key for t in usable],
         "table": table,
     }
@@ -175,9 +199,11 @@ def calibrate_model(
         metrics={**model.card.metrics, CALIBRATION_KEY: record},
     )
     write_card(directory, card)
-    chosen = next(row for row in table if row["h_um"] == config.h_um)
-    logger.info("%s: separation h_um=%.2f (%d split, %d merged of %d held-out nucleus scribbles)",
-                directory, config.h_um, chosen["split"], chosen["merged"], chosen["scribbles"])
+    chosen = next(row for row in table
+                  if row["h_um"] == config.h_um and row["threshold"] == config.threshold)
+    logger.info("%s: threshold %.2f, separation h_um=%.2f (%d split, %d merged, %d missed of %d "
+                "held-out nucleus scribbles)", directory, config.threshold, config.h_um,
+                chosen["split"], chosen["merged"], chosen["missed"], chosen["scribbles"])
     return config
 
 
@@ -185,6 +211,7 @@ def ensure_calibrated(
     directory: str | Path,
     images: Callable[[], Sequence[TrainImage]],
     heights_um: Sequence[float],
+    thresholds: Sequence[float] = (),
     device: str = "cpu",
 ) -> bool:
     """Calibrate a model directory whose card has no calibration record yet.
@@ -194,5 +221,5 @@ def ensure_calibrated(
     """
     if CALIBRATION_KEY in read_card(directory).metrics:
         return False
-    calibrate_model(directory, images(), heights_um, device)
+    calibrate_model(directory, images(), heights_um, thresholds, device)
     return True

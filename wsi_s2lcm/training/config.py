@@ -72,6 +72,12 @@ class TrainConfig:
         training, the height that splits or merges the fewest nucleus scribbles of the held-out
         images goes on the model card (:mod:`wsi_s2lcm.training.calibrate`). [inferred]; empty:
         no calibration, the package default is used.
+    separation_thresholds : tuple of float
+        Candidate probability thresholds of the foreground, calibrated together with the height:
+        a higher threshold cuts more necks between touching nuclei but loses faint ones, and the
+        pair with the fewest split, merged and missed held-out nucleus scribbles goes on the
+        card. [inferred] (0.4, 0.5, 0.6, 0.7) (eleventh session, docs/TRAINING.md); empty: the
+        threshold of ``init_model``'s card or the package default is kept.
     ema_every : int
         Epochs between EMA updates of the predictions. METHOD 5.
     ema_start : int
@@ -168,6 +174,7 @@ class TrainConfig:
     validate_every: int = 5
     slide_region_size: int = 1024
     separation_heights_um: tuple = (0.25, 0.35, 0.5, 0.75, 1.0, 1.5)
+    separation_thresholds: tuple = (0.4, 0.5, 0.6, 0.7)
     ema_every: int = 5
     ema_start: int = 0
     ema_alpha: float = 0.2
@@ -236,6 +243,8 @@ class TrainConfig:
             (self.slide_region_size >= self.crop_size, "slide_region_size must be >= crop_size"),
             (all(float(h) > 0 for h in self.separation_heights_um),
              "separation_heights_um must all be > 0"),
+            (all(0 < float(t) < 1 for t in self.separation_thresholds),
+             "separation_thresholds must all lie strictly between 0 and 1"),
         ]
         for ok, message in checks:
             if not ok:

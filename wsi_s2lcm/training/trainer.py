@@ -405,7 +405,8 @@ def _validate(context, images) -> dict[str, Any]:
 
 
 def _calibrate_separation(context, out_dir: Path, images) -> None:
-    """Put the separation height chosen on held-out scribbles on the model's and last/ cards."""
+    """Put the threshold and separation height chosen on held-out scribbles on the model's and
+    last/ cards."""
     heights = context.config.separation_heights_um
     if not heights or not any(t.nucleus_ids is not None and t.nucleus_ids.any() for t in images):
         logger.info("separation not calibrated (no candidate heights or no held-out nucleus "
@@ -413,8 +414,9 @@ def _calibrate_separation(context, out_dir: Path, images) -> None:
                     f"{context.config.init_model} are kept" if context.config.init_model
                     else "the package defaults are used")
         return
+    thresholds = context.config.separation_thresholds
     for directory in (out_dir, out_dir / LAST_DIR):
-        calibrate_model(directory, images, heights, context.device, context.amp)
+        calibrate_model(directory, images, heights, thresholds, context.device, context.amp)
 
 
 def _format_entry(entry: dict[str, Any], epochs: int) -> str:
