@@ -14,6 +14,11 @@ Two commands (from the project root)::
     # score: any later run's GeoJSON against the recorded judgments
     python benchmarks/judged_detections.py score --judgments benchmarks/judgments/cmu-demo.json \\
         --geojson results/CMU-1-Small-Region.geojson
+    # choose a confidence floor: a run without one, scored at several floors
+    wsi-s2lcm segment examples/CMU-1-Small-Region.svs --out runs/no-floor \\
+        --postprocess min_mean_probability=0
+    python benchmarks/judged_detections.py score --judgments benchmarks/judgments/cmu-demo.json \\
+        --geojson runs/no-floor/CMU-1-Small-Region.geojson --floors 0.7 0.75 0.8
 
 ``benchmarks/judgments/cmu-demo.json`` holds the 200 detections of the demo slide judged in the
 tenth session (docs/MODEL.md, Known limits).
@@ -32,6 +37,7 @@ from scipy import ndimage as ndi
 from shapely import STRtree
 from shapely.geometry import Point, shape
 
+from wsi_s2lcm.polygons import PROBABILITY_MEAN
 from wsi_s2lcm.qupath.export import read_features
 
 
@@ -79,23 +85,35 @@ def score(args: argparse.Namespace) -> int:
     When the run's detections are a subset of those the sample was drawn from (a stricter
     post-processing of the same model), the sample's outlined detections are a random sample of
     the run's, and their share of nuclei estimates the run's; otherwise it is only a count.
+    With ``--floors``, also count those a confidence floor would keep: the outlined detections
+    whose mean nucleus probability reaches each floor (for a run segmented with
+    ``--postprocess min_mean_probability=0``; this is how the shipped floor was chosen).
     """
     samples = json.loads(args.judgments.read_text())["samples"]
-    polygons = [shape(feature["geometry"]) for feature in read_features(args.geojson)]
+    features = read_features(args.geojson)
+    polygons = [shape(feature["geometry"]) for feature in features]
+    probability = [feature["properties"]["measurements"][PROBABILITY_MEAN]
+                   for feature in features]
     tree = STRtree(polygons)
     sys.stdout.write(f"{args.geojson}: {len(polygons)} detections\n")
     for number, sample in enumerate(samples):
-        counts = {True: [0, 0], False: [0, 0]}
+        # the mean probability of the detection holding each judged point (None: not outlined)
+        held = {True: [], False: []}
         for point in sample["points"]:
-            hit = len(tree.query(Point(point["x"], point["y"]), predicate="within")) > 0
-            counts[point["nucleus"]][0] += hit
-            counts[point["nucleus"]][1] += 1
-        (nuclei_kept, nuclei), (others_kept, others) = counts[True], counts[False]
-        share = nuclei_kept / max(nuclei_kept + others_kept, 1)
-        sys.stdout.write(
-            f"sample {number}: {nuclei_kept} of {nuclei} judged nuclei and {others_kept} of "
-            f"{others} judged false detections outlined; nuclei {share:.0%} of those outlined\n"
-        )
+            hit = tree.query(Point(point["x"], point["y"]), predicate="within")
+            held[point["nucleus"]].append(probability[hit[0]] if len(hit) else None)
+        for floor in (0.0, *args.floors):
+            nuclei_kept, others_kept = (
+                sum(value is not None and value >= floor for value in held[kind])
+                for kind in (True, False)
+            )
+            share = nuclei_kept / max(nuclei_kept + others_kept, 1)
+            at_floor = f" at floor {floor:.2f}" if floor else ""
+            sys.stdout.write(
+                f"sample {number}{at_floor}: {nuclei_kept} of {len(held[True])} judged nuclei "
+                f"and {others_kept} of {len(held[False])} judged false detections outlined; "
+                f"nuclei {share:.0%} of those outlined\n"
+            )
     return 0
 
 
@@ -114,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     scorer = commands.add_parser("score", help="score a run against stored judgments")
     scorer.add_argument("--judgments", type=Path, required=True)
     scorer.add_argument("--geojson", type=Path, required=True, help="the run's <stem>.geojson")
+    scorer.add_argument("--floors", type=float, nargs="*", default=[],
+                        help="also count what each confidence floor would keep")
     args = parser.parse_args(argv)
     return record(args) if args.command == "record" else score(args)
 
