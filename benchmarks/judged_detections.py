@@ -55,6 +55,26 @@ def interior_points(labels: np.ndarray, values: list[int]) -> list[tuple[int, in
     return points
 
 
+def judged_measurements(
+    judgments: Path, features: list[dict], measurement: str
+) -> list[dict[bool, list[float | None]]]:
+    """For each judged sample, the ``measurement`` of the detection holding each judged point
+    (None where no detection holds it), the judged nuclei under True and the others under False.
+
+    ``features`` are a run's GeoJSON features (:func:`wsi_s2lcm.qupath.export.read_features`).
+    """
+    tree = STRtree([shape(feature["geometry"]) for feature in features])
+    values = [feature["properties"]["measurements"][measurement] for feature in features]
+    per_sample = []
+    for sample in json.loads(Path(judgments).read_text())["samples"]:
+        held: dict[bool, list[float | None]] = {True: [], False: []}
+        for point in sample["points"]:
+            hit = tree.query(Point(point["x"], point["y"]), predicate="within")
+            held[point["nucleus"]].append(values[hit[0]] if len(hit) else None)
+        per_sample.append(held)
+    return per_sample
+
+
 def record(args: argparse.Namespace) -> int:
     """Write the judged detections of a sample as level-0 points."""
     store = zarr.open(str(args.labels), mode="r")
@@ -89,19 +109,9 @@ def score(args: argparse.Namespace) -> int:
     whose mean nucleus probability reaches each floor (for a run segmented with
     ``--postprocess min_mean_probability=0``; this is how the shipped floor was chosen).
     """
-    samples = json.loads(args.judgments.read_text())["samples"]
     features = read_features(args.geojson)
-    polygons = [shape(feature["geometry"]) for feature in features]
-    probability = [feature["properties"]["measurements"][PROBABILITY_MEAN]
-                   for feature in features]
-    tree = STRtree(polygons)
-    sys.stdout.write(f"{args.geojson}: {len(polygons)} detections\n")
-    for number, sample in enumerate(samples):
-        # the mean probability of the detection holding each judged point (None: not outlined)
-        held = {True: [], False: []}
-        for point in sample["points"]:
-            hit = tree.query(Point(point["x"], point["y"]), predicate="within")
-            held[point["nucleus"]].append(probability[hit[0]] if len(hit) else None)
+    sys.stdout.write(f"{args.geojson}: {len(features)} detections\n")
+    for number, held in enumerate(judged_measurements(args.judgments, features, PROBABILITY_MEAN)):
         for floor in (0.0, *args.floors):
             nuclei_kept, others_kept = (
                 sum(value is not None and value >= floor for value in held[kind])

@@ -25,14 +25,12 @@ Two measurements (from the project root):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 from scipy import ndimage as ndi
-from shapely import STRtree
-from shapely.geometry import Point, shape
 
+from judged_detections import judged_measurements
 from probability_floor import monuseg_parser, print_sweep, removal_rows, segment_monuseg
 from wsi_s2lcm.polygons import HEMATOXYLIN_OD_MEAN
 from wsi_s2lcm.qupath.export import read_features
@@ -62,18 +60,13 @@ def judged(argv: list[str]) -> int:
     parser.add_argument("--geojson", required=True)
     args = parser.parse_args(argv)
     features = read_features(args.geojson)
-    tree = STRtree([shape(feature["geometry"]) for feature in features])
     stain = np.array([f["properties"]["measurements"][HEMATOXYLIN_OD_MEAN] for f in features])
     median = float(np.median(stain))
-    with open(args.judgments, encoding="utf-8") as handle:
-        samples = json.load(handle)["samples"]
-    points = [point for sample in samples for point in sample["points"]]
-    judged_stain = {True: [], False: []}
-    for point in points:
-        hit = tree.query(Point(point["x"], point["y"]), predicate="within")
-        if len(hit):
-            judged_stain[point["nucleus"]].append(stain[hit[0]])
-    nuclei, others = (np.array(judged_stain[key]) for key in (True, False))
+    samples = judged_measurements(args.judgments, features, HEMATOXYLIN_OD_MEAN)
+    nuclei, others = (
+        np.array([value for held in samples for value in held[kind] if value is not None])
+        for kind in (True, False)
+    )
     sys.stdout.write(f"{args.geojson}: {len(features)} detections, median OD {median:.3f}; "
                      f"{len(nuclei)} judged nuclei and {len(others)} judged false detections\n")
     for fraction in FRACTIONS:

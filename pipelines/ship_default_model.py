@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wsi_s2lcm.cli_options import parse_assignments
-from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig, from_mapping
+from wsi_s2lcm.cli_options import postprocess_with
+from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.evaluation import evaluate_dirs
 from wsi_s2lcm.models import load_model, read_card, save_model, write_card
 from wsi_s2lcm.segment import segment_slide
@@ -117,10 +117,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.postprocess:
         card = read_card(args.model)
-        values = {**(card.postprocess or {}),
-                  **parse_assignments(tuple(args.postprocess), "--postprocess")}
-        postprocess = dataclasses.asdict(from_mapping(PostprocessConfig, values, "--postprocess"))
-        write_card(args.model, dataclasses.replace(card, postprocess=postprocess))
+        postprocess = postprocess_with(card.postprocess, tuple(args.postprocess))
+        card = dataclasses.replace(card, postprocess=dataclasses.asdict(postprocess))
+        write_card(args.model, card)
     calibrate_held_out(args.model, args.recalibrate)
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as scratch:

@@ -16,7 +16,7 @@ import click
 
 from wsi_s2lcm import __version__
 from wsi_s2lcm.cli_evaluate import evaluate_command
-from wsi_s2lcm.cli_options import parse_assignments, show_progress, verbosity_options
+from wsi_s2lcm.cli_options import postprocess_with, show_progress, verbosity_options
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.errors import ConfigError, UserInputError
 
@@ -112,7 +112,7 @@ def segment_command(
     postprocess_values: tuple[str, ...],
 ) -> None:
     """Segment every nucleus of SLIDES into QuPath GeoJSON detections in --out."""
-    from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig, from_mapping
+    from wsi_s2lcm.config import ExportConfig, TilingConfig
     from wsi_s2lcm.dispatch import open_dispatcher
     from wsi_s2lcm.models import read_card, resolve_model
     from wsi_s2lcm.outputs import check_batch_outputs
@@ -139,9 +139,7 @@ def segment_command(
     card = read_card(resolve_model(model))
     postprocess = None
     if postprocess_values:
-        overrides = parse_assignments(postprocess_values, "--postprocess")
-        values = {**(card.postprocess or {}), **overrides}
-        postprocess = from_mapping(PostprocessConfig, values, "--postprocess")
+        postprocess = postprocess_with(card.postprocess, postprocess_values)
     resolve_device(device)
     with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
         for path in slides:

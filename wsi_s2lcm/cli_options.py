@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from wsi_s2lcm.config import PostprocessConfig, from_mapping
 from wsi_s2lcm.errors import ConfigError
 
 
@@ -97,3 +98,18 @@ def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, Any]:
             raise ConfigError(f"{option} {item!r}: the value must be a number, true/false or text.")
         values[key] = value
     return values
+
+
+def postprocess_with(
+    card_values: dict[str, Any] | None, items: tuple[str, ...]
+) -> PostprocessConfig:
+    """A model card's post-processing with ``--postprocess KEY=VALUE`` items applied.
+
+    Raises
+    ------
+    ConfigError
+        On a malformed item, an unknown key or a value out of range.
+    """
+    overrides = parse_assignments(items, "--postprocess")
+    values = {**(card_values or {}), **overrides}
+    return from_mapping(PostprocessConfig, values, "--postprocess")
