@@ -1,8 +1,8 @@
 """Reproduce the S2L-CM ablation table on the fixed MoNuSeg split (docs/RESULTS.md).
 
 The rows (pipelines/table_rows.yaml): pCE only; + EMA pseudo labels (Scribble2Label); + MCR;
-+ pMIL = S2L-CM (the recipe of pipelines/train_default_model.sh at MPP=0.5, which trains
-s2lcm-monuseg-fast; the default model is the same recipe at 0.25 µm/px); the same network fully
++ pMIL = S2L-CM (the recipe of pipelines/train_default_model.sh, which trains the default model
+s2lcm-monuseg at 0.25 µm/px); the same network fully
 supervised; S2L-CM at scribble ratios 0.1 and 1.0; and the S2L-CM model post-processed with and
 without separation of touching nuclei. Each training row runs the recipe's two stages: a warm-up
 on the partial cross-entropy (shared by the rows of one scribble ratio and supervision kind),
@@ -263,9 +263,9 @@ ADOPT_IGNORED = ("init_model", "licence")
 
 def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableData,
                 ratio: float) -> dict[str, Any]:
-    """Copy a finished model directory of ``MPP=0.5 pipelines/train_default_model.sh`` in.
+    """Copy a finished model directory of ``pipelines/train_default_model.sh`` in.
 
-    That run's two stages (``fast-model-warmup``, ``fast-model``) are the warm-up and the
+    That run's two stages (``default-model-warmup``, ``default-model``) are the warm-up and the
     ``s2lcm`` row of the recipe's
     scribble ratio; adopting them saves retraining them. The source must have run all of its
     epochs with the same TrainConfig (up to :data:`ADOPT_IGNORED`), the same split, and scribble
@@ -565,8 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows-file", type=Path, default=ROWS_FILE, help="row definitions")
     parser.add_argument("--adopt-default", type=Path, default=None, metavar="RUNS",
                         help="take the warm-up and s2lcm stages from the finished run of "
-                             "MPP=0.5 pipelines/train_default_model.sh in RUNS (fast-model-warmup, "
-                             "fast-model; checked to be the same recipe) instead of training them "
+                             "pipelines/train_default_model.sh in RUNS (default-model-warmup, "
+                             "default-model; checked to be the same recipe) instead of training them "
                              "again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -584,8 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         adopt = {}
         if args.adopt_default:
             adopt = {f"warmup-r{table.recipe['scribble_ratio']}":
-                     args.adopt_default / "fast-model-warmup",
-                     DEFAULT_ROW: args.adopt_default / "fast-model"}
+                     args.adopt_default / "default-model-warmup",
+                     DEFAULT_ROW: args.adopt_default / "default-model"}
         for row in rows:
             if (out / row.name / RESULT_FILE).is_file():
                 logger.info("%s: done (%s); skipped", row.name, out / row.name / RESULT_FILE)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train a shipped model from scribbles generated from the MoNuSeg masks: the default model
-# (s2lcm-monuseg, 0.25 µm/px) or, with MPP=0.5, the 4x cheaper s2lcm-monuseg-fast (0.5 µm/px,
-# also the recipe of the ablation table, pipelines/table_rows.yaml).
+# (s2lcm-monuseg, 0.25 µm/px; also the recipe of the ablation table, pipelines/table_rows.yaml) or,
+# with MPP=0.5, the 4x cheaper s2lcm-monuseg-fast (0.5 µm/px).
 #
 # Repeatable: scribbles are seeded, the split is fixed (pipelines/monuseg_split.json), the
 # training configs are written below, and training is seeded. The two S2L-CM stages run as two

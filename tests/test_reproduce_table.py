@@ -85,11 +85,11 @@ def test_ratio_full_and_postprocess_rows_change_one_thing(table_module, table):
 
 
 def test_recipe_is_the_one_of_the_shell_script(table):
-    """table_rows.yaml copies pipelines/train_default_model.sh with MPP=0.5 (the recipe of
-    s2lcm-monuseg-fast): fail when they drift apart."""
+    """table_rows.yaml copies pipelines/train_default_model.sh with MPP=0.25 (the recipe of
+    the default model, s2lcm-monuseg): fail when they drift apart."""
     script = (ROOT / "pipelines" / "train_default_model.sh").read_text(encoding="utf-8")
-    assert table.recipe["shared"]["mpp"] == 0.5 and "0.5) NAME=s2lcm-monuseg-fast;" in script
-    block = re.search(r'SHARED="(.*?)"', script, re.S).group(1).replace("$MPP", "0.5")
+    assert table.recipe["shared"]["mpp"] == 0.25 and "0.25) NAME=s2lcm-monuseg;" in script
+    block = re.search(r'SHARED="(.*?)"', script, re.S).group(1).replace("$MPP", "0.25")
     shared = yaml.safe_load(block)
     stage1, stage2 = [yaml.safe_load(f.replace("\\n", "\n").replace("%s", "INIT"))
                       for f in re.findall(r"printf '%s\\n(.*?)'", script)]
@@ -203,8 +203,8 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
     first = tmp_path / "first"
     assert table_module.main(base + ["--out", str(first)]) == 0
     runs = tmp_path / "runs"
-    shutil.copytree(first / "warmup-r0.5", runs / "fast-model-warmup")
-    card_path = runs / "fast-model-warmup" / "last" / "card.json"
+    shutil.copytree(first / "warmup-r0.5", runs / "default-model-warmup")
+    card_path = runs / "default-model-warmup" / "last" / "card.json"
     card = json.loads(card_path.read_text())
     card["training"]["data"]["scribbles"] = str(first / "scribbles-r0.5-s0")
     card["training"]["config"]["seed"] = 7
@@ -219,7 +219,7 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
     second = tmp_path / "second"
     assert table_module.main(base + ["--out", str(second), "--adopt-default", str(runs)]) == 0
     stage = json.loads((second / "warmup-r0.5" / "stage.json").read_text())
-    assert stage["adopted_from"] == str(runs / "fast-model-warmup")
+    assert stage["adopted_from"] == str(runs / "default-model-warmup")
     assert stage["train_seconds"] == card["training"]["training_seconds"] > 0
     assert (second / "pce-only" / "result.json").is_file()
     assert "adopted_from" not in json.loads((second / "pce-only" / "stage.json").read_text())
