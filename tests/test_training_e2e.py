@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.config import TrainConfig, load_train_config, with_defaults
 from wsi_s2lcm.training.inference import normalize
 
+NORMALIZATION = {"mean": [0.5] * 3, "std": [0.25] * 3}
 STEMS = ("TCGA-A7-A13E-01Z-00-DX1", "TCGA-HE-7129-01Z-00-DX1")
 TINY = """
 crop_size: 64
@@ -300,14 +302,31 @@ def test_init_model_starts_from_saved_weights_and_refuses_another_architecture(t
 
     torch.manual_seed(3)
     source = build_network({})
-    card = ModelCard(name="s", architecture={}, mpp=0.5, normalization={})
+    card = ModelCard(name="s", architecture={}, mpp=0.5, normalization=NORMALIZATION)
     save_model(tmp_path / "m", card, source)
     target = build_network({})
-    _load_initial_weights(target, str(tmp_path / "m"))
+    _load_initial_weights(target, str(tmp_path / "m"), 0.5)
     assert torch.equal(target.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     assert torch.equal(target.head.weight, source.head.weight)
     with pytest.raises(ConfigError, match="do not fit"):
-        _load_initial_weights(build_network({"encoder": "resnet50"}), str(tmp_path / "m"))
+        _load_initial_weights(build_network({"encoder": "resnet50"}), str(tmp_path / "m"), 0.5)
+
+
+def test_fine_tuning_keeps_the_init_models_resolution_unless_told(tmp_path, caplog):
+    from wsi_s2lcm.models import ModelCard, save_model
+    from wsi_s2lcm.network import build_network
+    from wsi_s2lcm.training.trainer import _load_initial_weights
+
+    card = ModelCard(name="s", architecture={}, mpp=0.25, normalization=NORMALIZATION)
+    save_model(tmp_path / "m", card, build_network({}))
+    assert load_train_config(None, {"init_model": str(tmp_path / "m")}).mpp == 0.25
+    assert load_train_config(None, {"init_model": str(tmp_path / "m"), "mpp": 0.5}).mpp == 0.5
+    assert load_train_config(None, {}).mpp == 0.5
+    with caplog.at_level(logging.WARNING, logger="wsi_s2lcm.training.trainer"):
+        _load_initial_weights(build_network({}), str(tmp_path / "m"), 0.25)
+        assert not caplog.records
+        _load_initial_weights(build_network({}), str(tmp_path / "m"), 0.5)
+    assert "trained at 0.25 µm/px and is now trained at 0.5" in caplog.text
 
 
 def test_cosine_schedule_falls_from_the_rates_to_their_floor():

@@ -99,7 +99,8 @@ def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
               help="µm/px of images that record none (plain MoNuSeg TIFFs: 0.25); "
                    "files that record theirs keep it.")
 @click.option("--model-mpp", type=click.FloatRange(0, min_open=True), default=None,
-              help="µm/px the model works at (config 'mpp', default 0.5).")
+              help="µm/px the model works at (config 'mpp'; default 0.5, or that of the "
+                   "--init model).")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,

@@ -26,7 +26,8 @@ class TrainConfig:
     Attributes
     ----------
     mpp : float
-        µm/px the model is trained (and later run) at. [inferred] 0.5 (20x).
+        µm/px the model is trained (and later run) at. [inferred] 0.5 (20x); with an
+        ``init_model`` and no ``mpp`` given, that model's (:func:`load_train_config`).
     encoder : str
         ResNet encoder: resnet18 (CPU default), resnet34 (ScribbleCont), resnet50 (S2L).
     encoder_weights : str
@@ -287,12 +288,15 @@ def load_train_config(
         A YAML file holding a mapping of :class:`TrainConfig` fields (optionally under a
         ``train:`` key), or ``None`` for the defaults.
     overrides
-        Values that replace the file's (``None`` values are ignored).
+        Values that replace the file's (``None`` values are ignored). When neither gives ``mpp``
+        but one gives ``init_model``, the model starts at that model's resolution.
 
     Raises
     ------
     ConfigError
         On unreadable YAML, an unknown key or a wrong type.
+    ModelError
+        When ``init_model`` is needed for the resolution and cannot be read.
     """
     values: dict[str, Any] = {}
     where = "training config"
@@ -312,4 +316,13 @@ def load_train_config(
             raise ConfigError(f"{path}: must hold a mapping of training settings.")
         values.update(loaded or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if values.get("init_model") and "mpp" not in values:
+        values["mpp"] = _init_model_mpp(str(values["init_model"]))
     return from_mapping(TrainConfig, values, where=where)
+
+
+def _init_model_mpp(ref: str) -> float:
+    """The µm/px of the model fine-tuning starts from: a fine-tuned model keeps its resolution."""
+    from wsi_s2lcm.models import read_card, resolve_model
+
+    return read_card(resolve_model(ref)).mpp

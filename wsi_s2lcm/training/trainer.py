@@ -119,7 +119,7 @@ def train_model(
     torch.manual_seed(config.seed)
     network = build_network(config.architecture())
     if config.init_model and not resume:
-        _load_initial_weights(network, config.init_model)
+        _load_initial_weights(network, config.init_model, config.mpp)
     network = network.to(device).to(memory_format=torch.channels_last)
     optimizer = _optimizer(network, config)
     ema = EmaMaps(config.ema_alpha, config.pseudo_threshold, config.ema_init)
@@ -294,13 +294,20 @@ def _ramp(config: TrainConfig, epoch: float) -> float:
     return min((epoch - config.warmup_epochs) / config.ramp_epochs, 1.0)
 
 
-def _load_initial_weights(network: torch.nn.Module, ref: str) -> None:
-    """Start from a saved model's weights (training heads keep their random init)."""
+def _load_initial_weights(network: torch.nn.Module, ref: str, mpp: float) -> None:
+    """Start from a saved model's weights (training heads keep their random init).
+
+    Warns when the model was trained at another resolution than ``mpp``, the run's.
+    """
     from safetensors.torch import load_file
 
-    from wsi_s2lcm.models import WEIGHTS_FILE, resolve_model
+    from wsi_s2lcm.models import WEIGHTS_FILE, read_card, resolve_model
 
     directory = resolve_model(ref)
+    card_mpp = read_card(directory).mpp
+    if abs(card_mpp - mpp) > 1e-6 * mpp:
+        logger.warning("init_model %s was trained at %g µm/px and is now trained at %g µm/px; "
+                       "leave 'mpp' out of the config to keep %g.", ref, card_mpp, mpp, card_mpp)
     try:
         result = network.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
     except (RuntimeError, OSError) as error:
