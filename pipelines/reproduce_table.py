@@ -496,6 +496,9 @@ def format_markdown(table: Table, results: Sequence[dict]) -> str:
                          + " | ".join(_cell(last[k], 4) for k in LAST_METRICS) + " |")
     lines += check_lines(table, last_rows, targets=False)
     machines = sorted({_machine(r) for r in results})
+    resolutions = sorted({r["stages"]["s2lcm"]["config"]["mpp"] for r in results})
+    lines += ["", "Model resolution: " + (", ".join(f"{m:g}" for m in resolutions) or "none yet")
+              + " µm/px (the recipe's `mpp`; the validation images are scored at their 0.25)."]
     lines += ["", f"Hardware: {'; '.join(machines) or 'none yet'}. train = warm-up + second stage "
               "(epochs and EMA updates; a warm-up shared by rows is counted in each); segment = "
               "the validation images, whole."]

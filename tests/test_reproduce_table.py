@@ -134,7 +134,8 @@ def test_markdown_flags_a_component_that_makes_things_worse(table_module, table)
     def result(name, value, last=None):
         figures = {k: value for k in table_module.METRICS}
         return {"row": name, "train_s": 60.0, "segment_s": 1.0, "quick": False, **figures,
-                "last": None if last is None else {**figures, "dice": last, "epoch": 30}}
+                "last": None if last is None else {**figures, "dice": last, "epoch": 30},
+                "stages": {"s2lcm": {"config": {"mpp": 0.25}}}}
 
     results = [result("pce-only", 0.5, last=0.5), result("ema", 0.6, last=0.4),
                result("mcr", 0.55), result("s2lcm", 0.85)]
@@ -148,6 +149,7 @@ def test_markdown_flags_a_component_that_makes_things_worse(table_module, table)
     assert "ema vs pce-only: dice -0.1000, aji +0.1000" in last and "WORSE on dice" in last
     assert "| ema | 30 | 0.4000 | 0.6000 |" in last and "target" not in last
     assert "SMOKE RUN" not in text
+    assert "Model resolution: 0.25 µm/px" in text
     widths = {line.count("|") for line in selected.splitlines() if line.startswith("|")}
     assert widths == {14}  # 13 columns in every line, the paper anchors included
 
@@ -184,6 +186,7 @@ def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys)
     assert printed == (out / "results.md").read_text(encoding="utf-8")
     assert "| pce-only | pCE only | 0.50 | " in printed and "0.6408" in printed
     assert "0.7014" in printed and "SMOKE RUN" in printed
+    assert "Model resolution: 0.25 µm/px" in printed
     assert "| pce-only | 1 | " in printed  # the last-epoch table
     for folder in ("scribbles-r0.5-s0", "warmup-r0.5", "pce-only", "s2lcm"):
         assert (out / folder).is_dir(), folder
