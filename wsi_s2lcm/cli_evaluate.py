@@ -16,14 +16,16 @@ from wsi_s2lcm.evaluation import evaluate_dirs
     "pred_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Folder of predictions: label images (PNG/TIFF) or GeoJSON, paired with --gt by stem.",
+    help="Folder of predictions: label images (PNG/TIFF), GeoJSON or ImageScope XML, paired "
+    "with --gt by stem.",
 )
 @click.option(
     "--gt",
     "gt_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Folder of ground truth: label images (PNG/TIFF) or GeoJSON.",
+    help="Folder of ground truth: label images (PNG/TIFF), GeoJSON or ImageScope XML (.xml, "
+    "as MoNuSeg ships).",
 )
 @click.option(
     "--out",
@@ -37,14 +39,15 @@ from wsi_s2lcm.evaluation import evaluate_dirs
     type=(int, int),
     default=None,
     metavar="HEIGHT WIDTH",
-    help="Raster size for pairs where both sides are GeoJSON.",
+    help="Raster size for pairs where both sides are polygons (GeoJSON or XML).",
 )
 @click.option(
     "--images",
     "image_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder of images whose sizes give the raster of GeoJSON-vs-GeoJSON pairs (by stem).",
+    help="Folder of images whose sizes give the raster of pairs where both sides are polygons "
+    "(by stem).",
 )
 @verbosity_options
 def evaluate_command(

@@ -1,7 +1,7 @@
 """Evaluate a folder of predictions against a folder of ground truth, paired by file stem.
 
-The files are read by :mod:`wsi_s2lcm.label_files` (label images or GeoJSON on either side); the
-metrics come from :mod:`wsi_s2lcm.metrics`.
+The files are read by :mod:`wsi_s2lcm.label_files` (label images, GeoJSON or ImageScope XML on
+either side); the metrics come from :mod:`wsi_s2lcm.metrics`.
 """
 
 from __future__ import annotations
@@ -60,14 +60,14 @@ def evaluate_dirs(
     Parameters
     ----------
     pred_dir, gt_dir
-        Folders of label images (``.png``, ``.tif``, ``.tiff``) or GeoJSON (``.geojson``,
-        ``.json``, optionally ``.gz``); other files are ignored.
+        Folders of label images (``.png``, ``.tif``, ``.tiff``), GeoJSON (``.geojson``,
+        ``.json``, optionally ``.gz``) or ImageScope XML (``.xml``); other files are ignored.
     out_csv
         Where to write the per-image rows and the mean row as CSV; nothing is written when None.
     shape
-        ``(height, width)`` of the rasters for GeoJSON-vs-GeoJSON pairs.
+        ``(height, width)`` of the rasters for pairs where both sides are polygon files.
     image_dir
-        A folder of images whose stems give the shape of GeoJSON-vs-GeoJSON pairs.
+        A folder of images whose stems give the shape of pairs of two polygon files.
 
     Returns
     -------

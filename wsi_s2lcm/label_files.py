@@ -1,14 +1,15 @@
-"""Read label images and GeoJSON polygons as label arrays, paired by file stem.
+"""Read label images and polygon files as label arrays, paired by file stem.
 
 Either side of an evaluation may hold label images (PNG or TIFF, any integer dtype, 0 =
-background) or GeoJSON (a QuPath FeatureCollection or an array of Features, optionally gzipped)
-in the image's pixel frame. A file's stem is its name without the label suffix, so
-``slide.geojson``, ``slide.geojson.gz`` and ``slide.png`` pair, and ``case.1.png`` and
-``case.2.png`` stay apart. The outline overlay that ``wsi-s2lcm segment`` writes
-(``slide.overlay.png``) is not a label file and is skipped. GeoJSON polygons are rasterized into
-the shape of the other side's label image; when both sides are GeoJSON the shape comes from ``shape``, from an image
-of the same stem, or from the union of the polygons' bounds. ``wsi-s2lcm scribbles`` reads its
-masks with :func:`read_label_image` too.
+background), GeoJSON (a QuPath FeatureCollection or an array of Features, optionally gzipped) or
+Aperio ImageScope XML (:mod:`wsi_s2lcm.imagescope`; MoNuSeg's format), the polygons in the image's
+pixel frame. A file's stem is its name without the label suffix, so ``slide.geojson``,
+``slide.geojson.gz``, ``slide.xml`` and ``slide.png`` pair, and ``case.1.png`` and ``case.2.png``
+stay apart. The outline overlay that ``wsi-s2lcm segment`` writes (``slide.overlay.png``) is not
+a label file and is skipped. Polygons are rasterized into the shape of the other side's label
+image; when both sides are polygons the shape comes from ``shape``, from an image of the same
+stem, or from the union of the polygons' bounds. ``wsi-s2lcm scribbles`` reads its masks with
+:func:`read_label_image` too.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_s2lcm.errors import AnnotationError, UserInputError
+from wsi_s2lcm.imagescope import read_imagescope_polygons
 
 logger = logging.getLogger(__name__)
 
 #: Of several files with one stem, the first suffix here wins.
-SUFFIX_PREFERENCE = (".geojson", ".geojson.gz", ".png", ".tif", ".tiff", ".json", ".json.gz")
+SUFFIX_PREFERENCE = (
+    ".geojson", ".geojson.gz", ".xml", ".png", ".tif", ".tiff", ".json", ".json.gz"
+)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+IMAGESCOPE_SUFFIXES = (".xml",)
 #: Written by ``wsi-s2lcm segment`` beside its GeoJSON: a picture of the outlines, not labels.
 OVERLAY_SUFFIX = ".overlay.png"
 MAX_RASTER_PIXELS = 400_000_000
@@ -43,7 +48,7 @@ class _Source:
     polygons: list | None = None
 
     @property
-    def is_geojson(self) -> bool:
+    def has_polygons(self) -> bool:
         return self.polygons is not None
 
 
@@ -67,7 +72,7 @@ def strip_suffix(path: Path, suffixes: tuple[str, ...]) -> str:
 
 def file_stem(path: Path) -> str:
     """A file's name without its label suffix: the key that pairs predictions with ground truth."""
-    return strip_suffix(path, GEOJSON_SUFFIXES + IMAGE_SUFFIXES)
+    return strip_suffix(path, GEOJSON_SUFFIXES + IMAGESCOPE_SUFFIXES + IMAGE_SUFFIXES)
 
 
 def _kind(path: Path) -> str | None:
@@ -76,14 +81,16 @@ def _kind(path: Path) -> str | None:
         return None
     if name.endswith(GEOJSON_SUFFIXES):
         return "geojson"
+    if name.endswith(IMAGESCOPE_SUFFIXES):
+        return "imagescope"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
     return None
 
 
 def index_label_files(directory: Path, role: str, notes: list[str]) -> dict[str, Path]:
-    """Label image and GeoJSON files by stem; of several, the first by suffix preference
-    (:data:`SUFFIX_PREFERENCE`).
+    """Label image, GeoJSON and ImageScope XML files by stem; of several, the first by suffix
+    preference (:data:`SUFFIX_PREFERENCE`).
 
     So ``slide.geojson`` is taken over the run summary ``slide.json`` that ``wsi-s2lcm segment``
     writes beside it; every choice is noted.
@@ -91,7 +98,7 @@ def index_label_files(directory: Path, role: str, notes: list[str]) -> dict[str,
     if not directory.is_dir():
         raise UserInputError(
             f"{role} directory {directory} does not exist or is not a directory; "
-            "pass a folder of label images or GeoJSON files"
+            "pass a folder of label images, GeoJSON or ImageScope XML files"
         )
     by_stem: dict[str, list[Path]] = {}
     for path in sorted(directory.iterdir()):
@@ -309,8 +316,12 @@ def _rasterize(
 
 
 def _load(path: Path, notes: list[str]) -> _Source:
-    if _kind(path) == "geojson":
+    kind = _kind(path)
+    if kind == "geojson":
         polygons, message = read_geojson_polygons(path)
+        source = _Source(path, polygons=polygons)
+    elif kind == "imagescope":
+        polygons, message = read_imagescope_polygons(path)
         source = _Source(path, polygons=polygons)
     else:
         labels, message = read_label_image(path)
@@ -332,11 +343,11 @@ def load_label_pair(
     Parameters
     ----------
     pred_path, gt_path
-        Label image or GeoJSON files.
+        Label image, GeoJSON or ImageScope XML files.
     shape
-        ``(height, width)`` for a GeoJSON-vs-GeoJSON pair; also checked against label images.
+        ``(height, width)`` for a pair of two polygon files; also checked against label images.
     image_path
-        An image whose size gives the shape of a GeoJSON-vs-GeoJSON pair when ``shape`` is None.
+        An image whose size gives the shape of a pair of polygon files when ``shape`` is None.
     notes
         A list that receives warnings about the inputs.
 
@@ -353,7 +364,7 @@ def load_label_pair(
     notes = notes if notes is not None else []
     pred, gt = _load(Path(pred_path), notes), _load(Path(gt_path), notes)
     offset_xy = (0.0, 0.0)
-    label_shapes = [s.labels.shape for s in (pred, gt) if not s.is_geojson]
+    label_shapes = [s.labels.shape for s in (pred, gt) if not s.has_polygons]
     if len(label_shapes) == 2 and label_shapes[0] != label_shapes[1]:
         raise AnnotationError(
             f"prediction {pred.path} is {_hw(label_shapes[0])} but ground truth {gt.path} is "
@@ -362,7 +373,7 @@ def load_label_pair(
     if shape is not None:
         target = (int(shape[0]), int(shape[1]))
         for source in (pred, gt):
-            if not source.is_geojson and source.labels.shape != target:
+            if not source.has_polygons and source.labels.shape != target:
                 raise AnnotationError(
                     f"{source.path} is {_hw(source.labels.shape)}, not the given {_hw(target)}"
                 )
@@ -373,7 +384,7 @@ def load_label_pair(
     else:
         target, offset_xy = _union_frame([pred, gt])
     return tuple(  # type: ignore[return-value]
-        _rasterize(s, target, offset_xy) if s.is_geojson else s.labels for s in (pred, gt)
+        _rasterize(s, target, offset_xy) if s.has_polygons else s.labels for s in (pred, gt)
     )
 
 
