@@ -108,3 +108,34 @@ def test_cli_evaluates_against_xml(xml_dir: Path, monuseg_dir: Path, tmp_path: P
     ])
     assert result.exit_code == 0, result.output
     assert all(stem in result.output for stem in XML_STEMS) and out.is_file()
+
+
+def test_scribbles_from_xml_outlines_need_the_images(
+    xml_dir: Path, monuseg_dir: Path, tmp_path: Path
+) -> None:
+    """``wsi-s2lcm scribbles`` takes MoNuSeg's XML as masks, rasterized at each image's size."""
+    from wsi_s2lcm.cli_training import scribbles_command
+    from wsi_s2lcm.qupath.imports import read_scribbles
+    from wsi_s2lcm.training.scribbles import rasterize_scribbles
+
+    stem = XML_STEMS[0]
+    (xml_dir / f"{XML_STEMS[1]}.xml").unlink()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / f"{stem}.tif").symlink_to(monuseg_dir / "images" / f"{stem}.tif")
+    out = tmp_path / "scribbles"
+    alone = CliRunner().invoke(scribbles_command, ["--masks", str(xml_dir), "--out", str(out)])
+    assert alone.exit_code != 0 and "--images" in str(alone.exception)
+    assert not out.exists()
+    args = ["--masks", str(xml_dir), "--images", str(images), "--out", str(out), "--ratio", "0.5"]
+    result = CliRunner().invoke(scribbles_command, args)
+    assert result.exit_code == 0, result.output
+    polygons, _ = read_imagescope_polygons(xml_dir / f"{stem}.xml")
+    outlines = rasterize_polygons(polygons, (1000, 1000))
+    target = rasterize_scribbles(read_scribbles(out / f"{stem}.geojson"), (1000, 1000),
+                                 stroke_width=1.0)
+    nucleus, background = target == 1, target == 0
+    assert nucleus.any() and background.any()
+    assert np.all(outlines[nucleus] > 0) and not np.any(outlines[background] > 0)
+    touched = np.unique(outlines[nucleus])
+    assert abs(len(touched) - 0.5 * len(polygons)) <= 2

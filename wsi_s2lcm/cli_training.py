@@ -22,18 +22,17 @@ from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST as MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
-MASK_SUFFIXES = (".png", ".tif", ".tiff")
-
-
 @click.command("scribbles")
 @click.option("--masks", "masks_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of instance label images (0 = background, 1..N = nuclei).")
+              help="Folder of instance masks: label images (0 = background, 1..N = nuclei), or "
+                   "nucleus outlines as GeoJSON or ImageScope XML (these need --images).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for one QuPath GeoJSON file per label image.")
+              help="Folder for one QuPath GeoJSON file per mask.")
 @click.option("--images", "images_dir", default=None,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Images the labels belong to: each label image must have one of equal size.")
+              help="Images the masks belong to, named alike: label images must match their size; "
+                   "outlines are rasterized at it.")
 @click.option("--ratio", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Fraction of nuclei that get a scribble.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
@@ -43,42 +42,43 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
                       seed: int, overwrite: bool) -> None:
     """Generate scribbles from instance masks (the Scribble2Label recipe), as QuPath GeoJSON."""
     from wsi_s2lcm.atomic import write_text_atomic
-    from wsi_s2lcm.label_files import read_label_image
+    from wsi_s2lcm.label_files import file_stem, label_kind, read_labels
     from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 
-    masks = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    masks = sorted(p for p in masks_dir.iterdir() if p.is_file() and label_kind(p) is not None)
     if not masks:
-        raise ConfigError(f"{masks_dir}: no label images (*.png, *.tif) found.")
-    outputs = [out_dir / f"{p.stem}.geojson" for p in masks] + [out_dir / MANIFEST_FILE]
+        raise ConfigError(f"{masks_dir}: no masks (*.png, *.tif, *.geojson, *.xml) found.")
+    stems = [file_stem(p) for p in masks]
+    outlines = [p for p in masks if label_kind(p) != "image"]
+    if outlines and images_dir is None:
+        raise ConfigError(f"{outlines[0]}: nucleus outlines need the images they belong to; "
+                          "pass --images DIR.")
+    outputs = [out_dir / f"{stem}.geojson" for stem in stems] + [out_dir / MANIFEST_FILE]
     existing = [p for p in outputs if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]}: exists; pass --overwrite to replace it.")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"ratio": ratio, "seed": seed, "masks": str(masks_dir), "files": {}}
-    for mask_path, out_path in zip(masks, outputs):
-        labels, warning = read_label_image(mask_path)
+    for mask_path, stem, out_path in zip(masks, stems, outputs):
+        shape = _image_size(images_dir, stem) if images_dir is not None else None
+        labels, warning = read_labels(mask_path, shape)
         if warning:
             logger.warning("%s", warning)
-        if images_dir is not None:
-            _check_image(images_dir, mask_path.stem, labels.shape)
-        counts = write_scribbles_from_labels(labels, out_path, ratio,
-                                             image_seed(seed, mask_path.stem))
-        manifest["files"][mask_path.stem] = counts
+        counts = write_scribbles_from_labels(labels, out_path, ratio, image_seed(seed, stem))
+        manifest["files"][stem] = counts
         logger.info("%s: %d nucleus and %d background scribbles (%d nuclei)", out_path,
                     counts["nucleus_scribbles"], counts["background_scribbles"], counts["nuclei"])
     write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
 
-def _check_image(images_dir: Path, stem: str, shape: tuple[int, int]) -> None:
+def _image_size(images_dir: Path, stem: str) -> tuple[int, int]:
     from wsi_s2lcm.label_files import image_shape
     from wsi_s2lcm.training.dataset import IMAGE_SUFFIXES
 
     found = [p for p in images_dir.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
-        raise ConfigError(f"{images_dir}: no image named {stem}.* for its label image.")
-    size = image_shape(found[0])
-    if size != tuple(shape):
-        raise ConfigError(f"{found[0]}: size {size} differs from its label image's {shape}.")
+        raise ConfigError(f"{images_dir}: no image named {stem}.* for its mask.")
+    return image_shape(found[0])
 
 
 @click.command("train")

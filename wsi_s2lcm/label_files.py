@@ -46,6 +46,7 @@ class _Source:
     path: Path
     labels: np.ndarray | None = None
     polygons: list | None = None
+    message: str | None = None
 
     @property
     def has_polygons(self) -> bool:
@@ -75,7 +76,9 @@ def file_stem(path: Path) -> str:
     return strip_suffix(path, GEOJSON_SUFFIXES + IMAGESCOPE_SUFFIXES + IMAGE_SUFFIXES)
 
 
-def _kind(path: Path) -> str | None:
+def label_kind(path: Path) -> str | None:
+    """``"image"``, ``"geojson"`` or ``"imagescope"`` by the file's suffix; None for other files
+    (and for the overlay PNG that ``segment`` writes)."""
     name = path.name.lower()
     if name.endswith(OVERLAY_SUFFIX):
         return None
@@ -102,7 +105,7 @@ def index_label_files(directory: Path, role: str, notes: list[str]) -> dict[str,
         )
     by_stem: dict[str, list[Path]] = {}
     for path in sorted(directory.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and _kind(path) is not None:
+        if path.is_file() and not path.name.startswith(".") and label_kind(path) is not None:
             by_stem.setdefault(file_stem(path), []).append(path)
     found: dict[str, Path] = {}
     for stem, paths in by_stem.items():
@@ -287,7 +290,7 @@ def image_shape(path: Path) -> tuple[int, int]:
 def find_image(image_dir: Path, stem: str) -> Path | None:
     """The first image file (PNG or TIFF) in ``image_dir`` with file stem ``stem``, or None."""
     for path in sorted(image_dir.iterdir()):
-        if path.is_file() and file_stem(path) == stem and _kind(path) == "image":
+        if path.is_file() and file_stem(path) == stem and label_kind(path) == "image":
             return path
     return None
 
@@ -315,20 +318,58 @@ def _rasterize(
     return rasterize_polygons(source.polygons, shape, offset_xy=offset_xy)
 
 
-def _load(path: Path, notes: list[str]) -> _Source:
-    kind = _kind(path)
-    if kind == "geojson":
-        polygons, message = read_geojson_polygons(path)
-        source = _Source(path, polygons=polygons)
-    elif kind == "imagescope":
-        polygons, message = read_imagescope_polygons(path)
-        source = _Source(path, polygons=polygons)
-    else:
+def read_polygon_file(path: Path) -> tuple[list, str | None]:
+    """The polygons of a GeoJSON or ImageScope XML file and a warning (or None), by its suffix."""
+    if label_kind(path) == "imagescope":
+        return read_imagescope_polygons(path)
+    return read_geojson_polygons(path)
+
+
+def read_labels(path: Path, shape: tuple[int, int] | None) -> tuple[np.ndarray, str | None]:
+    """One label file as a label image: a label image as it is, polygons rasterized into ``shape``.
+
+    Parameters
+    ----------
+    path
+        Label image, GeoJSON or ImageScope XML file.
+    shape
+        ``(height, width)`` of the image the labels belong to: required for polygon files, and
+        checked against label images.
+
+    Returns
+    -------
+    labels : np.ndarray
+        The label image.
+    warning : str or None
+        What the reader warned about (a binary mask labelled, features or regions skipped).
+
+    Raises
+    ------
+    AnnotationError
+        If the file cannot be read, a label image is not ``shape``, or a polygon file comes
+        without a shape.
+    """
+    source = _load(path)
+    if source.has_polygons:
+        if shape is None:
+            raise AnnotationError(
+                f"{path} holds polygons; give the image it belongs to so they can be rasterized "
+                "at its size"
+            )
+        return _rasterize(source, (int(shape[0]), int(shape[1])), (0.0, 0.0)), source.message
+    if shape is not None and source.labels.shape != tuple(shape):
+        raise AnnotationError(
+            f"{path} is {_hw(source.labels.shape)}, but its image is {_hw(tuple(shape))}"
+        )
+    return source.labels, source.message
+
+
+def _load(path: Path) -> _Source:
+    if label_kind(path) == "image":
         labels, message = read_label_image(path)
-        source = _Source(path, labels=labels)
-    if message:
-        note(notes, message)
-    return source
+        return _Source(path, labels=labels, message=message)
+    polygons, message = read_polygon_file(path)
+    return _Source(path, polygons=polygons, message=message)
 
 
 def load_label_pair(
@@ -362,7 +403,10 @@ def load_label_pair(
         If a file cannot be read or the two sides differ in shape.
     """
     notes = notes if notes is not None else []
-    pred, gt = _load(Path(pred_path), notes), _load(Path(gt_path), notes)
+    pred, gt = _load(Path(pred_path)), _load(Path(gt_path))
+    for source in (pred, gt):
+        if source.message:
+            note(notes, source.message)
     offset_xy = (0.0, 0.0)
     label_shapes = [s.labels.shape for s in (pred, gt) if not s.has_polygons]
     if len(label_shapes) == 2 and label_shapes[0] != label_shapes[1]:
