@@ -161,3 +161,34 @@ def test_scribbles_follow_each_axis_of_a_resized_image(tmp_path):
     rows, cols = np.nonzero(item.target == 1)
     assert set(cols) == {int(996.5 // 1.998)}, "x follows the x scale (498), not y's (497)"
     assert rows.min() == int(980.5 // 2.002) and rows.max() == int(990.5 // 2.002)
+
+
+def test_scribbles_command_takes_geojson_outlines_and_checks_sizes(tmp_path):
+    """Outlines (QuPath detections) are rasterized at their image's size; manifests are skipped."""
+    masks, images, out = tmp_path / "masks", tmp_path / "images", tmp_path / "out"
+    masks.mkdir()
+    images.mkdir()
+    squares = [(8 + 20 * i, 8 + 20 * j) for i in range(3) for j in range(3)]
+    features = [{"type": "Feature", "properties": {"objectType": "detection"},
+                 "geometry": {"type": "Polygon", "coordinates": [[
+                     [x, y], [x + 10, y], [x + 10, y + 10], [x, y + 10], [x, y]]]}}
+                for x, y in squares]
+    (masks / "tile.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                    "features": features}))
+    (masks / "scribbles.json").write_text(json.dumps({"ratio": 0.5}))
+    Image.fromarray(np.full((70, 72, 3), 200, np.uint8)).save(images / "tile.png")
+    args = ["--masks", str(masks), "--images", str(images), "--out", str(out), "--ratio", "1.0"]
+    result = CliRunner().invoke(scribbles_command, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "scribbles.json").read_text())
+    assert list(manifest["files"]) == ["tile"] and manifest["files"]["tile"]["nuclei"] == 9
+    target = rasterize_scribbles(read_scribbles(out / "tile.geojson"), (70, 72), stroke_width=1.0)
+    inside = np.zeros((70, 72), bool)
+    for x, y in squares:
+        inside[y:y + 10, x:x + 10] = True
+    assert (target == 1).any() and np.all(inside[target == 1])
+    assert (target == 0).any() and not np.any(inside[target == 0])
+    (masks / "tile.geojson").unlink()
+    Image.fromarray(np.zeros((64, 64), np.uint16)).save(masks / "tile.png")
+    wrong = CliRunner().invoke(scribbles_command, args + ["--overwrite"])
+    assert wrong.exit_code != 0 and "but its image is" in str(wrong.exception)

@@ -45,7 +45,7 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
     from wsi_s2lcm.label_files import file_stem, label_kind, read_labels
     from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 
-    masks = sorted(p for p in masks_dir.iterdir() if p.is_file() and label_kind(p) is not None)
+    masks = sorted(p for p in masks_dir.iterdir() if p.is_file() and _is_mask(p, label_kind(p)))
     if not masks:
         raise ConfigError(f"{masks_dir}: no masks (*.png, *.tif, *.geojson, *.xml) found.")
     stems = [file_stem(p) for p in masks]
@@ -69,6 +69,14 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
         logger.info("%s: %d nucleus and %d background scribbles (%d nuclei)", out_path,
                     counts["nucleus_scribbles"], counts["background_scribbles"], counts["nuclei"])
     write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+
+
+def _is_mask(path: Path, kind: str | None) -> bool:
+    """Label images, ImageScope XML and ``.geojson(.gz)``; not plain ``.json`` (manifests, run
+    summaries)."""
+    if kind == "geojson":
+        return path.name.lower().endswith((".geojson", ".geojson.gz"))
+    return kind is not None
 
 
 def _image_size(images_dir: Path, stem: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ stay apart. The outline overlay that ``wsi-s2lcm segment`` writes (``slide.overl
 a label file and is skipped. Polygons are rasterized into the shape of the other side's label
 image; when both sides are polygons the shape comes from ``shape``, from an image of the same
 stem, or from the union of the polygons' bounds. ``wsi-s2lcm scribbles`` reads its masks with
-:func:`read_label_image` too.
+:func:`read_labels`.
 """
 
 from __future__ import annotations
