@@ -1,10 +1,9 @@
 """Read Aperio ImageScope XML annotations (the format MoNuSeg ships its nuclei in) as polygons.
 
 An ImageScope file holds ``<Annotation>`` layers of ``<Region>`` elements, each with its
-``<Vertices>`` in the image's pixel frame. A region with three or more vertices is a polygon
-(ImageScope's free-form, polygon and rectangle tools); an ellipse region (``Type="2"``) holds the
-two corners of its bounding box. Negative regions (``NegativeROA="1"``, cut-outs) and regions of
-fewer than three vertices (rulers, arrows) are skipped with a message.
+``<Vertices>`` in the image's pixel frame. Each region of three or more distinct vertices is
+read as one polygon, whatever tool drew it; negative regions (``NegativeROA="1"``, cut-outs) and
+regions of fewer vertices are skipped with a message.
 
 The vertices are taken in the frame of this project's label images, where pixel ``(x, y)``
 covers ``[x, x + 1) x [y, y + 1)``.
@@ -18,11 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from wsi_s2lcm.errors import AnnotationError
-
-ELLIPSE_TYPE = "2"
-ELLIPSE_VERTICES = 64
-"""Vertices of the polygon that stands for an ellipse region."""
-
 
 def read_imagescope_polygons(path: Path) -> tuple[list, str | None]:
     """Read the regions of an ImageScope XML file as shapely Polygons, in file order.
@@ -62,8 +56,6 @@ def read_imagescope_polygons(path: Path) -> tuple[list, str | None]:
             negative += 1
             continue
         xy = _vertices(region, path)
-        if region.get("Type") == ELLIPSE_TYPE and len(xy) == 2:
-            xy = _ellipse(xy)
         if len(np.unique(xy, axis=0)) < 3:
             too_few += 1
             continue
@@ -86,10 +78,3 @@ def _vertices(region: ElementTree.Element, path: Path) -> np.ndarray:
         ) from error
     return np.asarray(xy, dtype=np.float64).reshape(-1, 2)
 
-
-def _ellipse(corners: np.ndarray) -> np.ndarray:
-    """A polygon of :data:`ELLIPSE_VERTICES` points on the ellipse inside two box corners."""
-    centre = corners.mean(axis=0)
-    radii = np.abs(corners[1] - corners[0]) / 2.0
-    angles = np.linspace(0.0, 2.0 * np.pi, ELLIPSE_VERTICES, endpoint=False)
-    return centre + radii * np.column_stack([np.cos(angles), np.sin(angles)])
