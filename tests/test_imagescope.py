@@ -82,7 +82,8 @@ def test_monuseg_xml_agrees_with_its_instance_labels(xml_dir: Path, monuseg_dir:
     """The real XML outlines and the data's instance labels describe the same nuclei.
 
     The labels sit about 0.5 px up-left of the drawn outlines (../shared/data/README.md), so the
-    two agree closely but not exactly; shifted back by half a pixel they agree almost exactly.
+    two agree closely but not exactly; with the outlines moved half a pixel up-left they agree
+    almost exactly.
     """
     result = evaluate_dirs(monuseg_dir / "instance_labels", xml_dir)
     assert [row["image"] for row in result.rows] == list(XML_STEMS)
