@@ -22,6 +22,7 @@ from wsi_s2lcm.training.config import SCRIBBLE_MANIFEST as MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
+
 @click.command("scribbles")
 @click.option("--masks", "masks_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -45,7 +46,7 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
     from wsi_s2lcm.label_files import file_stem, label_kind, read_labels
     from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 
-    masks = sorted(p for p in masks_dir.iterdir() if p.is_file() and _is_mask(p, label_kind(p)))
+    masks = sorted(p for p in masks_dir.iterdir() if p.is_file() and _is_mask(p))
     if not masks:
         raise ConfigError(f"{masks_dir}: no masks (*.png, *.tif, *.geojson, *.xml) found.")
     stems = [file_stem(p) for p in masks]
@@ -71,9 +72,12 @@ def scribbles_command(masks_dir: Path, out_dir: Path, images_dir: Path | None, r
     write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
 
-def _is_mask(path: Path, kind: str | None) -> bool:
+def _is_mask(path: Path) -> bool:
     """Label images, ImageScope XML and ``.geojson(.gz)``; not plain ``.json`` (manifests, run
     summaries)."""
+    from wsi_s2lcm.label_files import label_kind
+
+    kind = label_kind(path)
     if kind == "geojson":
         return path.name.lower().endswith((".geojson", ".geojson.gz"))
     return kind is not None

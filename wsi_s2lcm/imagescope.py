@@ -18,6 +18,7 @@ import numpy as np
 
 from wsi_s2lcm.errors import AnnotationError
 
+
 def read_imagescope_polygons(path: Path) -> tuple[list, str | None]:
     """Read the regions of an ImageScope XML file as shapely Polygons, in file order.
 
@@ -77,4 +78,3 @@ def _vertices(region: ElementTree.Element, path: Path) -> np.ndarray:
             f"{path}: region {region.get('Id')} has a vertex that is not a number ({error})"
         ) from error
     return np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-

@@ -318,13 +318,6 @@ def _rasterize(
     return rasterize_polygons(source.polygons, shape, offset_xy=offset_xy)
 
 
-def read_polygon_file(path: Path) -> tuple[list, str | None]:
-    """The polygons of a GeoJSON or ImageScope XML file and a warning (or None), by its suffix."""
-    if label_kind(path) == "imagescope":
-        return read_imagescope_polygons(path)
-    return read_geojson_polygons(path)
-
-
 def read_labels(path: Path, shape: tuple[int, int] | None) -> tuple[np.ndarray, str | None]:
     """One label file as a label image: a label image as it is, polygons rasterized into ``shape``.
 
@@ -365,10 +358,12 @@ def read_labels(path: Path, shape: tuple[int, int] | None) -> tuple[np.ndarray, 
 
 
 def _load(path: Path) -> _Source:
-    if label_kind(path) == "image":
+    kind = label_kind(path)
+    if kind == "image":
         labels, message = read_label_image(path)
         return _Source(path, labels=labels, message=message)
-    polygons, message = read_polygon_file(path)
+    reader = read_imagescope_polygons if kind == "imagescope" else read_geojson_polygons
+    polygons, message = reader(path)
     return _Source(path, polygons=polygons, message=message)
 
 
