@@ -26,6 +26,7 @@ Usage (from the project root)::
     python pipelines/reproduce_table.py --rows pce-only,s2lcm --device cuda
     python pipelines/reproduce_table.py --quick              # smoke run, a few steps per row
     python pipelines/reproduce_table.py --adopt-default runs # reuse the default model's stages
+    python pipelines/reproduce_table.py --seed 1 --rows s2lcm,mcr  # a repeat, runs/table-seed1
 """
 
 from __future__ import annotations
@@ -175,6 +176,12 @@ def stage_values(table: Table, row: Row, stage: str, quick: bool = False,
     if stage == "warmup":
         values["warmup_epochs"] = values["epochs"]
     return values
+
+
+def with_training_seed(table: Table, seed: int) -> Table:
+    """The table with every stage trained from ``seed`` (the scribbles keep theirs)."""
+    recipe = {**table.recipe, "shared": {**table.recipe["shared"], "seed": seed}}
+    return dataclasses.replace(table, recipe=recipe)
 
 
 def warmup_name(row: Row) -> str:
@@ -561,8 +568,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of each stage")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training seed of every stage, to measure how far a row repeats "
+                             "(default: the recipe's 0; the scribbles keep seed 0)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default runs/table, runs/table-quick with --quick)")
+                        help="output folder (default runs/table, runs/table-seed<N> with "
+                             "--seed N, runs/table-quick with --quick)")
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="MoNuSeg training folder")
     parser.add_argument("--split", type=Path, default=SPLIT_FILE, help="JSON train/validation")
     parser.add_argument("--rows-file", type=Path, default=ROWS_FILE, help="row definitions")
@@ -573,9 +584,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out = (args.out or ROOT / "runs" / ("table-quick" if args.quick else "table")).resolve()
+    folder = "table-quick" if args.quick else "table"
+    if args.seed is not None and not args.quick:
+        folder = f"table-seed{args.seed}"
+    out = (args.out or ROOT / "runs" / folder).resolve()
     try:
         table = load_table(args.rows_file)
+        if args.seed is not None:
+            table = with_training_seed(table, args.seed)
         rows = [table.row(n) for n in args.rows.split(",") if n] if args.rows else table.rows
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available here.")

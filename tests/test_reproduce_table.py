@@ -104,6 +104,17 @@ def test_recipe_is_the_one_of_the_shell_script(table):
     assert f"--ratio {ratio} --seed {table.recipe['scribble_seed']}" in script
 
 
+def test_training_seed_changes_every_stage_and_nothing_else(table_module, table):
+    seeded = table_module.with_training_seed(table, 3)
+    for row in (r for r in table.rows if r.supervision != "evaluation"):
+        for stage in ("warmup", "s2lcm"):
+            diff = _diff(table_module.stage_values(table, row, stage),
+                         table_module.stage_values(seeded, row, stage))
+            assert diff == {"seed": (table.recipe["shared"]["seed"], 3)}, (row.name, stage)
+    assert seeded.recipe["scribble_seed"] == table.recipe["scribble_seed"]
+    assert table.recipe["shared"]["seed"] == 0  # the table read from the file is left alone
+
+
 def test_bad_rows_are_refused(table_module, tmp_path):
     document = yaml.safe_load((ROOT / "pipelines" / "table_rows.yaml").read_text())
     document["rows"][0]["overrides"] = {"use_magic": True}
