@@ -113,7 +113,8 @@ def _image_size(images_dir: Path, stem: str) -> tuple[int, int]:
 @click.option("--model-mpp", type=click.FloatRange(0, min_open=True), default=None,
               help="µm/px the model works at (config 'mpp'; default 0.5, or that of the "
                    "--init model).")
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Images held back to select the model on their scribbles (without --split).")
