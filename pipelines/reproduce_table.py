@@ -60,7 +60,8 @@ from wsi_s2lcm.training.config import (
 from wsi_s2lcm.training.dataset import load_pair
 from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 from wsi_s2lcm.training.records import hardware, recorded_folders
-from wsi_s2lcm.training.trainer import LAST_DIR, STATE_DIR, STATE_FILE, train_model
+from wsi_s2lcm.training.checkpoints import LAST_DIR, STATE_DIR, STATE_FILE
+from wsi_s2lcm.training.trainer import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_FILE = ROOT / "pipelines" / "table_rows.yaml"

@@ -7,9 +7,9 @@ Epoch ``e`` (0-based) draws ``crops_per_image`` augmented crops of every trainin
 
 with each term switchable. Every ``ema_every`` epochs (from ``ema_start``) the network predicts
 each whole training image and the EMA maps are updated. Every ``validate_every`` epochs the
-held-out scribbles are scored, ``MODEL_DIR/last`` is written, ``MODEL_DIR`` itself is replaced
-when the held-out partial cross-entropy improved, and ``MODEL_DIR/train_state/state.pt``
-(network, optimizer, EMA maps; tensors and plain values only) lets ``resume`` continue.
+held-out scribbles are scored and the run writes a checkpoint (:mod:`.checkpoints`:
+``MODEL_DIR/last``, ``MODEL_DIR`` itself when the held-out partial cross-entropy improved, and
+the state that lets ``resume`` continue).
 Randomness is re-seeded from ``(seed, epoch)`` every epoch, so a resumed run draws the same
 crops as an uninterrupted one.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,31 +28,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import wsi_s2lcm
 from wsi_s2lcm.errors import ConfigError, OutputExistsError
-from wsi_s2lcm.models import ModelCard, save_model
-from wsi_s2lcm.network import DEFAULT_ARCHITECTURE, HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
+from wsi_s2lcm.network import HYPERCOLUMN_LEVELS, QUARTER_LEVEL, build_network
 from wsi_s2lcm.predictor import autocast, precision_name
 from wsi_s2lcm.training import losses
 from wsi_s2lcm.training.augment import augment_sample
 from wsi_s2lcm.training.calibrate import calibrate_model
-from wsi_s2lcm.training.config import TrainConfig, with_defaults
+from wsi_s2lcm.training.checkpoints import (
+    LAST_DIR, STATE_DIR, STATE_FILE, RunContext, load_state, remove_previous_run,
+    write_checkpoint,
+)
+from wsi_s2lcm.training.config import TrainConfig
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import scribble_metrics
-from wsi_s2lcm.training.inference import (
-    IMAGENET_MEAN, IMAGENET_STD, normalize, predict_probability,
-)
+from wsi_s2lcm.training.inference import normalize, predict_probability
 from wsi_s2lcm.training.pseudo import EmaMaps, pseudo_labels
-from wsi_s2lcm.training.records import hardware, plot_curves, read_log, write_log
+from wsi_s2lcm.training.records import read_log
 from wsi_s2lcm.training.scribbles import IGNORE
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = "train_state"
-STATE_FILE = "state.pt"
-LAST_DIR = "last"
-SELECT_METRIC = "val_pce"
-_RESUMABLE_CHANGES = {"epochs", "validate_every"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +122,7 @@ def train_model(
     history: list[dict[str, Any]] = []
     scaler_state: dict = {}
     if resume:
-        scaler_state = _load_state(state_path, config, network, optimizer, ema, run)
+        scaler_state = load_state(state_path, config, network, optimizer, ema, run)
         history = [r for r in read_log(out_dir) if r["epoch"] <= run["epoch"]]
         logger.info("resuming %s at epoch %d", out_dir, run["epoch"] + 1)
         # A run continues in the precision it started in; states saved before bfloat16 on the
@@ -142,18 +136,18 @@ def train_model(
     if scaler_state and scaler.is_enabled():
         scaler.load_state_dict(scaler_state)
     logger.info("training on %s in %s", device, precision_name(device, amp))
-    context = _Context(network, config, device, amp, name or out_dir.resolve().name,
+    context = RunContext(network, config, device, amp, name or out_dir.resolve().name,
                        dict(record or {}), [t.key for t in val_images],
                        sys.stderr.isatty() if progress is None else progress,
                        _initial_postprocess(config.init_model))
     if not resume:
-        _remove_previous_run(out_dir)
+        remove_previous_run(out_dir)
     if config.init_model and not resume and val_images:
         entry = {"epoch": 0, "stage": "init", "seconds": 0.0, "seconds_per_step": 0.0,
                  **_validate(context, val_images)}
         history.append(entry)
         logger.info(_format_entry(entry, config.epochs))
-        _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
+        write_checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
     for epoch in range(run["epoch"], config.epochs):
         started = time.time()
         if epoch == config.warmup_epochs > 0 and config.restart_optimizer:
@@ -175,33 +169,9 @@ def train_model(
         logger.info(_format_entry(entry, config.epochs))
         if checkpoint:
             run["epoch"] = epoch + 1
-            _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
+            write_checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema)
     _calibrate_separation(context, out_dir, val_images)
     return TrainResult(out_dir, run["best_epoch"], run["best_metrics"])
-
-
-def _remove_previous_run(out_dir: Path) -> None:
-    """Remove the files of an earlier run (``--overwrite``), so none is taken for the new one."""
-    from wsi_s2lcm.models import CARD_FILE, WEIGHTS_FILE
-    from wsi_s2lcm.training.records import CURVES_FILE, LOG_FILE
-
-    for name in (CARD_FILE, WEIGHTS_FILE, LOG_FILE, CURVES_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-    for name in (LAST_DIR, STATE_DIR):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-
-
-@dataclasses.dataclass
-class _Context:
-    network: torch.nn.Module
-    config: TrainConfig
-    device: str
-    amp: bool
-    name: str
-    record: dict
-    val_keys: list
-    progress: bool
-    postprocess: dict
 
 
 def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -432,93 +402,3 @@ def _format_entry(entry: dict[str, Any], epochs: int) -> str:
     values = " ".join(f"{k}={entry[k]:.4f}" for k in keys if entry.get(k) is not None)
     return (f"epoch {entry['epoch']}/{epochs} [{entry['stage']}] {values} "
             f"({entry['seconds']:.0f} s, {entry['seconds_per_step']:.2f} s/step)")
-
-
-def _checkpoint(context, out_dir, entry, run, history, optimizer, scaler, ema) -> None:
-    metrics = {k: v for k, v in entry.items() if k.startswith("val_")}
-    score = metrics.get(SELECT_METRIC, float("nan"))
-    improved = not context.val_keys or (score == score and score < run["best"])
-    if improved:
-        run.update(best=score if score == score else run["best"], best_epoch=entry["epoch"],
-                   best_metrics=metrics)
-    save_model(out_dir / LAST_DIR, _card(context, entry["epoch"], metrics, run), context.network)
-    if improved:
-        save_model(out_dir, _card(context, entry["epoch"], metrics, run), context.network)
-    _save_state(out_dir / STATE_DIR / STATE_FILE, context.config, context.network, optimizer,
-                scaler, ema, run)
-    write_log(out_dir, history)
-    plot_curves(out_dir, history)
-    if improved and context.val_keys:
-        logger.info("epoch %d: model written to %s (%s=%.4f)", entry["epoch"], out_dir,
-                    SELECT_METRIC, score)
-    elif improved:
-        logger.info("epoch %d: model written to %s (latest epoch: no held-out images)",
-                    entry["epoch"], out_dir)
-
-
-def _card(context, epoch: int, metrics: dict, run: dict) -> ModelCard:
-    config = context.config
-    training = {
-        **context.record,
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "epoch": epoch,
-        "epochs_planned": config.epochs,
-        "training_seconds": round(run["seconds"], 1),
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hardware": {**hardware(), "device": context.device, "amp": context.amp,
-                     "precision": precision_name(context.device, context.amp)},
-    }
-    selection = (f"lowest {SELECT_METRIC} on held-out scribbles" if context.val_keys
-                 else "latest epoch (no held-out images)")
-    described = {"selection": selection,
-                 "held_out_images": context.val_keys, **metrics}
-    return ModelCard(
-        name=context.name,
-        # The saved weights hold the encoder: loading the model must not need the file it
-        # started from (recorded in the card's training config).
-        architecture={**DEFAULT_ARCHITECTURE, **config.architecture(), "encoder_weights": None},
-        mpp=config.mpp,
-        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        postprocess=dict(context.postprocess),
-        training=training,
-        metrics=described,
-        licence=config.licence,
-        version=wsi_s2lcm.__version__,
-    )
-
-
-def _save_state(path: Path, config, network, optimizer, scaler, ema, run) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "config": config.to_dict(),
-        "network": network.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "ema_maps": {k: torch.from_numpy(v) for k, v in ema.maps.items()},
-        "ema_counts": dict(ema.counts),
-        "run": dict(run),
-    }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    partial.replace(path)
-
-
-def _load_state(path: Path, config, network, optimizer, ema, run) -> dict:
-    """Restore a saved run into ``network``, ``optimizer``, ``ema`` and ``run``; return the
-    gradient scaler's state (empty when the run had none), for the scaler built afterwards."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = with_defaults(state["config"])
-    changed = sorted(k for k, v in config.to_dict().items()
-                     if k not in _RESUMABLE_CHANGES and saved.get(k) != v)
-    if changed:
-        raise ConfigError(
-            f"{path}: the run was started with other settings ({', '.join(changed)}); resume "
-            "with the same config (only epochs and validate_every may change)."
-        )
-    network.load_state_dict(state["network"])
-    optimizer.load_state_dict(state["optimizer"])
-    ema.maps = {k: v.numpy() for k, v in state["ema_maps"].items()}
-    ema.counts = {k: int(v) for k, v in state["ema_counts"].items()}
-    run.update(state["run"])
-    return dict(state["scaler"])
