@@ -22,7 +22,8 @@ from monuseg_images import (
     METRICS, MPP, model_and_postprocess, read_image, read_truth, split_stems,
 )
 from wsi_s2lcm.metrics import evaluate_pair
-from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
+from wsi_s2lcm.false_objects import drop_false_objects
+from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.training.inference import predict_probability
 
 #: (quarter turns, mirrored) of each copy.

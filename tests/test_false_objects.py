@@ -10,7 +10,7 @@ import pytest
 
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.errors import ConfigError
-from wsi_s2lcm.postprocess import (
+from wsi_s2lcm.false_objects import (
     RING_UM,
     drop_false_objects,
     false_object_checks,

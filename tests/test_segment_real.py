@@ -22,7 +22,8 @@ from wsi_s2lcm.cli import main
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.metrics import compute_overlaps
 from wsi_s2lcm.models import load_model
-from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
+from wsi_s2lcm.false_objects import drop_false_objects
+from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.predictor import TorchPredictor
 from wsi_s2lcm.qupath.export import read_features
 from wsi_s2lcm.rasterize import rasterize_polygons

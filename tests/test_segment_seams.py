@@ -9,7 +9,8 @@ import pytest
 
 from fakes import DarknessPredictor
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
-from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
+from wsi_s2lcm.false_objects import drop_false_objects
+from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.qupath.export import read_features
 from wsi_s2lcm.rasterize import rasterize_polygons
 from wsi_s2lcm.segment import segment_slide

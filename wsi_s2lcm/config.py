@@ -96,7 +96,7 @@ class PostprocessConfig:
     min_hematoxylin_contrast : float
         An object is kept only when its mean hematoxylin optical density is at least this many
         times that of the background pixels around it (within
-        :data:`~wsi_s2lcm.postprocess.RING_UM`); the default 1.0 drops objects no darker in
+        :data:`~wsi_s2lcm.false_objects.RING_UM`); the default 1.0 drops objects no darker in
         hematoxylin than their surroundings, such as eosin-stained stroma. 0 keeps every object.
     min_mean_probability : float
         An object is kept only when the mean nucleus probability of its pixels is at least this;

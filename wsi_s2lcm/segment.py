@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from wsi_s2lcm.atomic import write_text_atomic
 from wsi_s2lcm.config import ExportConfig, PostprocessConfig, TilingConfig
 from wsi_s2lcm.outputs import OutputPaths, RunOutputs
-from wsi_s2lcm.postprocess import FALSE_OBJECT_CHECKS
+from wsi_s2lcm.false_objects import FALSE_OBJECT_CHECKS
 from wsi_s2lcm.predictor import (
     ModelSpec,
     PredictorSpec,

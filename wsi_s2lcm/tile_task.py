@@ -18,12 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.postprocess import (
-    FALSE_OBJECT_CHECKS,
-    instances_from_probability,
-    label_table,
-    separate_false_objects,
-)
+from wsi_s2lcm.false_objects import FALSE_OBJECT_CHECKS, separate_false_objects
+from wsi_s2lcm.postprocess import instances_from_probability, label_table
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
 from wsi_s2lcm.predictor import PredictorSpec, build_predictor
 from wsi_s2lcm.tiling import Tile, touches_open_edge
@@ -132,7 +128,7 @@ class DroppedObject:
     Attributes
     ----------
     check : str
-        A name of :data:`~wsi_s2lcm.postprocess.FALSE_OBJECT_CHECKS`.
+        A name of :data:`~wsi_s2lcm.false_objects.FALSE_OBJECT_CHECKS`.
     centroid_xy_level0 : tuple[float, float]
         Centroid of its pixel centres in level-0 pixels, as for a nucleus.
     """
@@ -155,7 +151,7 @@ class WindowInstances:
         ``(H, W)`` labels of the objects the false-object checks removed, 0 elsewhere.
     failed : dict
         For each check that removed some, which values of ``removed`` failed it
-        (:func:`wsi_s2lcm.postprocess.false_object_checks`).
+        (:func:`wsi_s2lcm.false_objects.false_object_checks`).
     """
 
     labels: np.ndarray
@@ -350,7 +346,7 @@ def segment_window(
         µm per pixel.
     border
         Context pixels on each side; only the stain check
-        (:func:`~wsi_s2lcm.postprocess.false_object_checks`) looks at them.
+        (:func:`~wsi_s2lcm.false_objects.false_object_checks`) looks at them.
 
     Returns
     -------

@@ -22,7 +22,8 @@ import numpy as np
 
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.models import load_model, read_card, write_card
-from wsi_s2lcm.postprocess import drop_false_objects, instances_from_probability
+from wsi_s2lcm.false_objects import drop_false_objects
+from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.inference import predict_probability
 
@@ -84,7 +85,7 @@ def calibrate_separation(
     ----------
     images
         The held-out images, ``(H, W, 3)`` uint8 RGB at ``mpp`` (for the checks of
-        :func:`~wsi_s2lcm.postprocess.drop_false_objects`, which run as in ``segment``).
+        :func:`~wsi_s2lcm.false_objects.drop_false_objects`, which run as in ``segment``).
     probabilities
         Their nucleus probability maps.
     nucleus_ids
