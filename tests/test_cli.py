@@ -31,8 +31,17 @@ def test_info_on_a_real_slide(slides_dir):
 def test_info_on_a_slide_without_mpp(slides_dir):
     result = run("info", slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
     assert result.exit_code == 0
-    assert "mpp: None" in result.output
-    assert "levels" in result.output
+    assert "mpp: not recorded (pass --mpp to segment this slide)" in result.output
+    assert "dimensions: 4443 x 3567 px (level 0)" in result.output
+    assert "levels: 2\n  0: 4443 x 3567 px, downsample 1\n  1: 2221 x 1783 px" in result.output
+
+
+def test_info_reads_as_text(slides_dir):
+    result = run("info", slides_dir / "CMU-1-Small-Region.svs", "--mpp", "0.5")
+    assert result.exit_code == 0
+    assert "mpp: 0.5 µm/px (given with --mpp)" in result.output
+    assert "associated images: label, macro, thumbnail" in result.output
+    assert "[" not in result.output and "{" not in result.output
 
 
 def _bad_inputs(tmp_path, slides_dir):

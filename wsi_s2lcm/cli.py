@@ -203,8 +203,32 @@ def info_command(slide: Path, mpp: float | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
+    for line in describe_slide(info):
+        click.echo(line)
+
+
+def describe_slide(info: dict[str, Any]) -> list[str]:
+    """The lines ``wsi-s2lcm info`` prints for :func:`~wsi_s2lcm.slide.slide_info`'s record."""
+    info = dict(info)
+    width, height = info.pop("dimensions")
+    mpp, source = info.pop("mpp"), info.pop("mpp_source", "")
+    source = {"file": "from the file", "--mpp": "given with --mpp"}.get(source, source)
+    lines = [f"path: {info.pop('path')}", f"dimensions: {width} x {height} px (level 0)",
+             f"mpp: {mpp:g} µm/px ({source})" if mpp
+             else "mpp: not recorded (pass --mpp to segment this slide)"]
+    levels = info.pop("levels", [])
+    lines.append(f"levels: {len(levels)}")
+    for index, level in enumerate(levels):
+        level_width, level_height = level["dimensions"]
+        lines.append(f"  {index}: {level_width} x {level_height} px, downsample "
+                     f"{level['downsample']:g}")
     for key, value in info.items():
-        click.echo(f"{key}: {value}")
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value) or "none"
+        elif value is None:
+            value = "not recorded"
+        lines.append(f"{key.replace('_', ' ')}: {value}")
+    return lines
 
 
 for _command in (scribbles_command, train_command, evaluate_command):
