@@ -155,6 +155,25 @@ def test_pair_files_refuses_a_stem_found_in_two_folders(data, tmp_path):
         pair_files([data / "images", tmp_path], [data / "scribbles"])
 
 
+def test_scribbles_named_after_the_image_with_its_suffix_pair(tmp_path):
+    from wsi_s2lcm.training.dataset import file_stem, pair_files
+
+    images, scribbles = tmp_path / "images", tmp_path / "scribbles"
+    images.mkdir(), scribbles.mkdir()
+    for name in ("A.svs", "B.ome.tif", "C.1.tif"):
+        (images / name).write_bytes(b"")
+    for name in ("A.svs.geojson", "B.ome.tif.json", "C.1.geojson"):
+        (scribbles / name).write_text("{}")
+    pairs = pair_files([images], [scribbles])
+    assert [(stem, i.name, s.name) for stem, i, s in pairs] == [
+        ("A", "A.svs", "A.svs.geojson"), ("B.ome", "B.ome.tif", "B.ome.tif.json"),
+        ("C.1", "C.1.tif", "C.1.geojson")]
+    assert file_stem(Path("A.svs")) == file_stem(Path("A.geojson")) == "A"
+    (scribbles / "A.geojson").write_text("{}")
+    with pytest.raises(ConfigError, match="two scribble files named A"):
+        pair_files([images], [scribbles])
+
+
 def test_plain_image_reads_its_recorded_resolution_before_mpp(data, tmp_path):
     from wsi_s2lcm.errors import MissingMppError
     from wsi_s2lcm.training.dataset import load_pair

@@ -70,8 +70,17 @@ class TrainImage:
 
 
 def file_stem(path: Path) -> str:
-    """A file's name without its (possibly double) image, slide or scribble suffix."""
-    return strip_suffix(path, SCRIBBLE_SUFFIXES + IMAGE_SUFFIXES + SLIDE_SUFFIXES)
+    """A file's name without its (possibly double) image, slide or scribble suffix.
+
+    A scribble file named after the image with its suffix (``A.svs.geojson``, as QuPath scripts
+    that export to ``getImageName() + ".geojson"`` write it) loses both, so that it pairs with
+    ``A.svs`` as ``A.geojson`` does.
+    """
+    image_suffixes = IMAGE_SUFFIXES + SLIDE_SUFFIXES
+    stem = strip_suffix(path, SCRIBBLE_SUFFIXES + image_suffixes)
+    if path.name.lower().endswith(SCRIBBLE_SUFFIXES) and stem.lower().endswith(image_suffixes):
+        stem = strip_suffix(Path(stem), image_suffixes)
+    return stem
 
 
 def pair_files(
