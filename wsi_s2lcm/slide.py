@@ -471,7 +471,9 @@ def open_slide(
     if not path.exists():
         raise SlideError(f"{path}: no such file; check the path")
     if path.is_dir():
-        raise SlideError(f"{path}: is a directory, not a slide; give a slide file")
+        raise SlideError(
+            f"{path}: is a directory, not a slide; give the slide files in it, e.g. {path}/*.svs"
+        )
     try:
         vendor = openslide.OpenSlide.detect_format(str(path))
     except (openslide.OpenSlideError, OSError) as exc:
