@@ -54,13 +54,13 @@ from wsi_s2lcm.label_files import find_image, read_label_image
 from wsi_s2lcm.models import read_card
 from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.training.calibrate import ensure_calibrated
+from wsi_s2lcm.training.checkpoints import LAST_DIR, STATE_DIR, STATE_FILE
 from wsi_s2lcm.training.config import (
     SCRIBBLE_MANIFEST, TrainConfig, load_train_config, with_defaults,
 )
 from wsi_s2lcm.training.dataset import load_pair
 from wsi_s2lcm.training.generate import image_seed, write_scribbles_from_labels
 from wsi_s2lcm.training.records import hardware, recorded_folders
-from wsi_s2lcm.training.checkpoints import LAST_DIR, STATE_DIR, STATE_FILE
 from wsi_s2lcm.training.trainer import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
