@@ -229,20 +229,31 @@ def test_unknown_config_key_is_refused(tmp_path):
         load_train_config(path)
 
 
-def test_augmentation_moves_image_target_and_prior_together():
+def test_augmentation_moves_image_target_prior_and_ids_together():
     rng = np.random.default_rng(0)
     image = np.zeros((100, 120, 3), np.uint8)
     image[..., 0] = 255 * (np.arange(120) < 60)
     target = np.where(np.arange(120) < 60, 1, 0).astype(np.uint8)[None].repeat(100, 0)
     prior = target.astype(np.float32)
+    ids = np.where(np.arange(120) < 60, 7, 0).astype(np.int32)[None].repeat(100, 0)
     config = TrainConfig(crop_size=64, brightness=0, contrast=0, saturation=0, hue=0,
                          stain_alpha=0, stain_beta=0)
     for _ in range(20):
-        rgb, crop_target, crop_prior = augment_sample(image, target, prior, config, rng)
+        state = rng.bit_generator.state
+        rgb, crop_target, crop_prior, crop_ids = augment_sample(image, target, prior, config,
+                                                                rng, ids)
         assert rgb.shape == (64, 64, 3) and crop_target.shape == (64, 64)
         red = rgb[..., 0] > 0.5
         assert (red == (crop_target == 1)).mean() > 0.97
         assert (np.abs(crop_prior - crop_target) < 0.5).mean() > 0.97
+        assert crop_ids.dtype == np.int32 and set(np.unique(crop_ids)) <= {0, 7}
+        assert ((crop_ids == 7) == (crop_target == 1)).all()
+        # The ids draw no random number: the same crop comes out without them.
+        after = rng.bit_generator.state
+        rng.bit_generator.state = state
+        again, again_target, _, none = augment_sample(image, target, prior, config, rng)
+        assert none is None and np.array_equal(again_target, crop_target)
+        assert np.array_equal(again, rgb) and rng.bit_generator.state == after
 
 
 def test_every_config_value_is_documented_with_its_default():

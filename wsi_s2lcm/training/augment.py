@@ -1,7 +1,8 @@
 """Training-crop augmentation in numpy/OpenCV: zoom, crop, flips, 90° rotations, colour and stain.
 
-Geometric transforms move the image, its sparse scribble target and its EMA prior together
-(nearest-neighbour for the target); photometric ones touch the image only. The H&E stain
+Geometric transforms move the image, its sparse scribble target, its EMA prior and its
+nucleus-scribble ids together (nearest-neighbour for the target and the ids); photometric ones
+touch the image only. The H&E stain
 augmentation perturbs the Ruifrok-Johnston haematoxylin, eosin and DAB concentrations,
 ``c' = c * U(1 - alpha, 1 + alpha) + U(-beta, beta)`` (Tellez et al. 2018, "HED-light"), the
 scheme of tiatoolbox's ``StainAugmentor`` without its per-image stain estimation, so it costs a
@@ -24,10 +25,12 @@ def crop_sample(
     crop_size: int,
     scale: float,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Cut a random window of ``crop_size / scale`` pixels and resize it to ``crop_size``.
 
-    Images smaller than the window are padded (reflected image, unlabeled target, prior 0.5).
+    Images smaller than the window are padded (reflected image, unlabeled target, prior 0.5,
+    ids 0). ``ids`` (int32) draws no random number, so crops are the same with or without it.
     """
     window = max(int(round(crop_size / scale)), 8)
     height, width = target.shape
@@ -38,6 +41,8 @@ def crop_sample(
         target = np.pad(target, pads, constant_values=IGNORE)
         if prior is not None:
             prior = np.pad(prior, pads, constant_values=0.5)
+        if ids is not None:
+            ids = np.pad(ids, pads, constant_values=0)
         height, width = target.shape
     y = int(rng.integers(0, height - window + 1))
     x = int(rng.integers(0, width - window + 1))
@@ -47,7 +52,9 @@ def crop_sample(
     target = cv2.resize(target[box], size, interpolation=cv2.INTER_NEAREST)
     if prior is not None:
         prior = cv2.resize(prior[box], size, interpolation=cv2.INTER_LINEAR)
-    return image, target, prior
+    if ids is not None:
+        ids = cv2.resize(ids[box].astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
+    return image, target, prior, ids
 
 
 def flip_rotate(arrays: list[np.ndarray | None], flip: bool, rotate: bool,
@@ -100,7 +107,8 @@ def augment_sample(
     prior: np.ndarray | None,
     config: object,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """One augmented training crop.
 
     Parameters
@@ -115,16 +123,21 @@ def augment_sample(
         A :class:`~wsi_s2lcm.training.config.TrainConfig`.
     rng
         Random generator.
+    ids
+        ``(H, W)`` int nucleus-scribble ids (0 elsewhere), or ``None``; moved with the target.
 
     Returns
     -------
-    image, target, prior
-        ``(C, C, 3)`` float32 RGB in [0, 1], ``(C, C)`` uint8, ``(C, C)`` float32 or ``None``.
+    image, target, prior, ids
+        ``(C, C, 3)`` float32 RGB in [0, 1], ``(C, C)`` uint8, ``(C, C)`` float32 or ``None``,
+        ``(C, C)`` int32 or ``None``.
     """
     scale = float(np.exp(rng.uniform(np.log(config.scale_min), np.log(config.scale_max))))
-    image, target, prior = crop_sample(image, target, prior, config.crop_size, scale, rng)
-    image, target, prior = flip_rotate([image, target, prior], config.flip, config.rotate90, rng)
+    image, target, prior, ids = crop_sample(image, target, prior, config.crop_size, scale, rng,
+                                            ids)
+    image, target, prior, ids = flip_rotate([image, target, prior, ids], config.flip,
+                                            config.rotate90, rng)
     rgb = image.astype(np.float32) / 255.0
     rgb = stain_augment(rgb, config.stain_alpha, config.stain_beta, rng)
     rgb = colour_jitter(rgb, config.brightness, config.contrast, config.saturation, config.hue, rng)
-    return rgb, target, prior
+    return rgb, target, prior, ids

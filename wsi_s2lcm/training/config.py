@@ -132,6 +132,14 @@ class TrainConfig:
         Instances per bag. [inferred] 16.
     mil_bags : int
         Positive and negative bags each per step. [inferred] 16.
+    use_gap : bool
+        The gap term after warm-up (:mod:`wsi_s2lcm.training.gaps`): between two nearby
+        nucleus scribbles at least one pixel is background. Not in METHOD; [inferred] off.
+    gap_weight : float
+        Weight of the gap term. [inferred] 1.0.
+    gap_max_um : float
+        Only pairs of nucleus scribbles whose nearest points lie within this distance (µm) make
+        a bag. [inferred] 8.0, about a nucleus's diameter.
     flip, rotate90 : bool
         Random flips and 90-degree rotations. METHOD (flips, rotations).
     scale_min, scale_max : float
@@ -199,6 +207,9 @@ class TrainConfig:
     mil_threshold: float = 0.8
     mil_bag_size: int = 16
     mil_bags: int = 16
+    use_gap: bool = False
+    gap_weight: float = 1.0
+    gap_max_um: float = 8.0
     flip: bool = True
     rotate90: bool = True
     scale_min: float = 0.8
@@ -238,6 +249,8 @@ class TrainConfig:
             (self.mcr_max_samples >= self.mcr_min_samples >= 2, "need mcr_max >= mcr_min >= 2"),
             (self.mil_bag_size >= 2 and self.mil_bags >= 1,
              "need mil_bag_size >= 2 and mil_bags >= 1"),
+            (self.gap_weight >= 0 and self.gap_max_um > 0,
+             "need gap_weight >= 0 and gap_max_um > 0"),
             (0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max"),
             (0 <= self.validation_fraction < 1, "validation_fraction must lie in [0, 1)"),
             (self.stroke_width_um > 0, "stroke_width_um must be > 0"),

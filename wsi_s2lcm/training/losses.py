@@ -1,4 +1,5 @@
-"""The S2L-CM loss terms: partial cross-entropy, multiscale contrastive regularization, pixel MIL.
+"""The S2L-CM loss terms: partial cross-entropy, multiscale contrastive regularization, pixel MIL,
+and the gap between nucleus scribbles.
 
 Labels everywhere are ``uint8``/``long`` maps with 1 nucleus, 0 background and 255 ignored. Every
 term returns a scalar that is zero (and still part of the graph) when it has nothing to work on —
@@ -216,3 +217,34 @@ def mil_loss(bag_logits: torch.Tensor, bag_labels: torch.Tensor) -> torch.Tensor
     if bag_logits.numel() == 0:
         return _zero(bag_logits)
     return F.binary_cross_entropy_with_logits(bag_logits.float(), bag_labels.to(bag_logits.device))
+
+
+def gap_loss(logits: torch.Tensor, pixels: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """Each bag of pixels between two nucleus scribbles holds at least one background pixel.
+
+    The bag's loss is the background cross-entropy of its most background-like pixel (MIL max
+    pooling), averaged over bags (:mod:`wsi_s2lcm.training.gaps`).
+
+    Parameters
+    ----------
+    logits
+        ``(N, 2, H, W)``.
+    pixels
+        ``(P, 3)`` long (image, row, column) of the bags' pixels.
+    pair
+        ``(P,)`` long bag number ``0..K-1`` of each pixel; every number in use.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar; zero without bags.
+    """
+    if pair.numel() == 0:
+        return _zero(logits)
+    pixels, pair = pixels.to(logits.device), pair.to(logits.device)
+    background = F.log_softmax(logits.float(), dim=1)[:, 0]
+    loss = -background[pixels[:, 0], pixels[:, 1], pixels[:, 2]]
+    bags = int(pair.max()) + 1
+    best = torch.full((bags,), float("inf"), device=logits.device)
+    best = best.scatter_reduce(0, pair, loss, reduce="amin", include_self=True)
+    return best.mean()

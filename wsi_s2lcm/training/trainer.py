@@ -3,9 +3,10 @@
 Epoch ``e`` (0-based) draws ``crops_per_image`` augmented crops of every training image. Before
 ``warmup_epochs`` the loss is the partial cross-entropy on scribbles (L_s); afterwards
 
-    L = L_s + w_p L_p + w_full R_full + w_quarter R_quarter + w_mil L_pMIL
+    L = L_s + w_p L_p + w_full R_full + w_quarter R_quarter + w_mil L_pMIL [+ w_gap L_gap]
 
-with each term switchable. Every ``ema_every`` epochs (from ``ema_start``) the network predicts
+with each term switchable (the gap term, :mod:`.gaps`, is ours, not S2L-CM's, and off by
+default). Every ``ema_every`` epochs (from ``ema_start``) the network predicts
 each whole training image and the EMA maps are updated. Every ``validate_every`` epochs the
 held-out scribbles are scored and the run writes a checkpoint (:mod:`.checkpoints`:
 ``MODEL_DIR/last``, ``MODEL_DIR`` itself when the held-out partial cross-entropy improved, and
@@ -41,6 +42,7 @@ from wsi_s2lcm.training.checkpoints import (
 from wsi_s2lcm.training.config import TrainConfig
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.training.evaluate import scribble_metrics
+from wsi_s2lcm.training.gaps import gap_paths
 from wsi_s2lcm.training.inference import normalize, predict_probability
 from wsi_s2lcm.training.pseudo import EmaMaps, pseudo_labels
 from wsi_s2lcm.training.records import read_log
@@ -230,13 +232,14 @@ def _train_epoch(context, images, ema, optimizer, scaler, epoch) -> dict[str, An
                disable=not context.progress)
     step_started = time.time()
     for step, batch in enumerate(bar):
-        x, scribbles, pseudo = _make_batch(images, batch, ema, config, rng, use_prior=not warm)
+        x, scribbles, pseudo, gaps = _make_batch(images, batch, ema, config, rng,
+                                                 use_prior=not warm)
         x = x.to(context.device).contiguous(memory_format=torch.channels_last)
         scribbles = scribbles.to(context.device)
         with autocast(context.device, context.amp):
             logits, features = network.forward_features(x)
-            terms = _loss_terms(network, logits, features, scribbles, pseudo, config, generator,
-                                warm)
+            terms = _loss_terms(network, logits, features, scribbles, pseudo, gaps, config,
+                                generator, warm)
         ramp = _ramp(config, epoch + step / len(batches))
         weights = {k: w if k == "pce" else w * ramp for k, w in _weights(config).items()}
         total = sum(weights[k] * v for k, v in terms.items())
@@ -308,29 +311,47 @@ def _needs_ema(config: TrainConfig) -> bool:
 
 def _weights(config: TrainConfig) -> dict[str, float]:
     return {"pce": 1.0, "pseudo": config.pseudo_weight, "mcr_full": config.mcr_full_weight,
-            "mcr_quarter": config.mcr_quarter_weight, "mil": config.mil_weight}
+            "mcr_quarter": config.mcr_quarter_weight, "mil": config.mil_weight,
+            "gap": config.gap_weight}
 
 
 def _make_batch(images, batch, ema, config, rng, use_prior):
-    """Normalized crops, their scribble targets and (after warm-up) their EMA pseudo labels."""
-    crops, targets, pseudo = [], [], []
-    for index in batch:
+    """Normalized crops, their scribble targets and, after warm-up, their EMA pseudo labels and
+    (with ``use_gap``) the gap bags between their nucleus scribbles."""
+    crops, targets, pseudo, pixels, pairs = [], [], [], [], []
+    bags = 0
+    with_gaps = use_prior and config.use_gap
+    max_distance = config.gap_max_um / config.mpp
+    for number, index in enumerate(batch):
         item = images[index]
         prior = ema.estimate(item.key) if use_prior else None
-        rgb, target, prior = augment_sample(item.image, item.target, prior, config, rng)
+        ids = item.nucleus_ids if with_gaps else None
+        rgb, target, prior, ids = augment_sample(item.image, item.target, prior, config, rng, ids)
         crops.append(rgb)
         targets.append(target)
         pseudo.append(np.full(target.shape, IGNORE, np.uint8) if prior is None
                       else pseudo_labels(prior, config.pseudo_threshold))
+        if ids is not None:
+            crop_pixels, crop_pair = gap_paths(ids, max_distance)
+            pixels.append(np.column_stack([np.full(len(crop_pair), number), crop_pixels]))
+            pairs.append(crop_pair + bags)
+            bags += int(crop_pair.max()) + 1 if len(crop_pair) else 0
     x = normalize(np.stack(crops))
     scribbles = torch.from_numpy(np.stack(targets)).long()
-    return x, scribbles, torch.from_numpy(np.stack(pseudo)).long() if use_prior else None
+    gaps = None
+    if with_gaps:
+        gaps = (torch.from_numpy(np.concatenate(pixels or [np.zeros((0, 3))]).astype(np.int64)),
+                torch.from_numpy(np.concatenate(pairs or [np.zeros(0)]).astype(np.int64)))
+    return (x, scribbles, torch.from_numpy(np.stack(pseudo)).long() if use_prior else None,
+            gaps)
 
 
-def _loss_terms(network, logits, features, scribbles, pseudo, config, generator, warm):
+def _loss_terms(network, logits, features, scribbles, pseudo, gaps, config, generator, warm):
     terms = {"pce": losses.partial_cross_entropy(logits, scribbles)}
     if warm:
         return terms
+    if gaps is not None:
+        terms["gap"] = losses.gap_loss(logits, *gaps)
     probability = torch.softmax(logits.detach().float(), dim=1)[:, 1]
     labelled = scribbles != losses.IGNORE
     if pseudo is not None:
@@ -397,7 +418,7 @@ def _calibrate_separation(context, out_dir: Path, images) -> None:
 
 
 def _format_entry(entry: dict[str, Any], epochs: int) -> str:
-    keys = ("loss", "pce", "pseudo", "mcr_full", "mcr_quarter", "mil", "val_pce",
+    keys = ("loss", "pce", "pseudo", "mcr_full", "mcr_quarter", "mil", "gap", "val_pce",
             "val_balanced_accuracy")
     values = " ".join(f"{k}={entry[k]:.4f}" for k in keys if entry.get(k) is not None)
     return (f"epoch {entry['epoch']}/{epochs} [{entry['stage']}] {values} "
