@@ -46,8 +46,9 @@ def gap_paths(ids: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndar
     close = close[owner[close[:, 0]] != owner[close[:, 1]]]
     if not len(close):
         return empty
-    first = np.where(owner[close[:, 0]] < owner[close[:, 1]], close[:, 0], close[:, 1])
-    second = np.where(owner[close[:, 0]] < owner[close[:, 1]], close[:, 1], close[:, 0])
+    swap = owner[close[:, 0]] > owner[close[:, 1]]
+    close[swap] = close[swap][:, ::-1]
+    first, second = close[:, 0], close[:, 1]
     distance = np.linalg.norm(points[first] - points[second], axis=1)
     key = owner[first] * (int(owner.max()) + 1) + owner[second]
     order = np.lexsort((distance, key))
