@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from wsi_s2lcm.dispatch import Dispatcher, open_dispatcher
+from wsi_s2lcm.dispatch import ONE_TASK, Dispatcher, available_cpus, open_dispatcher, task_threads
 from wsi_s2lcm.segment import _threads_per_worker
 from wsi_s2lcm.errors import ConfigError
 
@@ -58,7 +58,8 @@ def test_running_scheduler_is_used():
 
 
 def test_local_workers_share_this_machines_cores():
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
+    assert 1 <= cores <= (os.cpu_count() or 1)
     assert _threads_per_worker(None) == cores
     assert _threads_per_worker(Dispatcher(None, in_flight=1, workers=2)) == max(1, cores // 2)
 
@@ -100,3 +101,47 @@ def test_items_are_pulled_lazily():
         next(iterator)
         assert len(pulled) <= dispatcher.in_flight + 1
         iterator.close()  # cancels the tasks in flight while the client is open
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_as_completed_gives_each_result_or_error_and_goes_on(workers):
+    with open_dispatcher(workers=workers) as dispatcher:
+        outcomes = list(dispatcher.as_completed(fail_on_three, range(6)))
+    assert sorted(item for item, _, _ in outcomes) == list(range(6))
+    for item, result, error in outcomes:
+        if item == 3:
+            assert result is None and isinstance(error, RuntimeError) and str(error) == "three"
+        else:
+            assert result == item and error is None
+
+
+def test_as_completed_submits_at_most_in_flight_tasks():
+    pulled = []
+
+    def items():
+        for i in range(30):
+            pulled.append(i)
+            yield i
+
+    with open_dispatcher(workers=1, in_flight=3) as dispatcher:
+        iterator = dispatcher.as_completed(square, items(), 1)
+        first = next(iterator)
+        assert len(pulled) <= 4
+        outcomes = [first, *iterator]
+    assert sorted(result for _, result, _ in outcomes) == [x * x + 1 for x in range(30)]
+
+
+def threads_for_a_task(_: int) -> int | None:
+    return task_threads()
+
+
+def test_a_task_shares_its_workers_cores_unless_it_runs_alone():
+    from distributed import Client, LocalCluster
+
+    assert task_threads() is None, "outside a worker"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.submit(threads_for_a_task, 0).result() == max(1, available_cpus() // 2)
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, resources=ONE_TASK,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.submit(threads_for_a_task, 0, resources=ONE_TASK).result() == 3

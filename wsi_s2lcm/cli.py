@@ -2,7 +2,7 @@
 
 Each command parses its options, builds the configs, calls one library function and maps errors
 to exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line, no traceback),
-130 interrupted (Ctrl-C). Logging is configured by :mod:`wsi_s2lcm.cli_options`.
+3 a cohort finished with some slides failed, 130 interrupted (Ctrl-C). Logging is configured by :mod:`wsi_s2lcm.cli_options`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,22 @@ import click
 
 from wsi_s2lcm import __version__
 from wsi_s2lcm.cli_evaluate import evaluate_command
-from wsi_s2lcm.cli_options import postprocess_with, show_progress, verbosity_options
+from wsi_s2lcm.cli_options import (
+    parse_assignments,
+    postprocess_with,
+    segmentation_options,
+    show_progress,
+    verbosity_options,
+)
 from wsi_s2lcm.cli_training import scribbles_command, train_command
+from wsi_s2lcm.dispatch import JOBQUEUE_CLUSTERS
 from wsi_s2lcm.errors import ConfigError, UserInputError
 
 logger = logging.getLogger("wsi_s2lcm")
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_SLIDES_FAILED = 3
 
 
 class _Group(click.Group):
@@ -60,39 +68,126 @@ def main() -> None:
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory; files are named after each slide's stem.")
-@click.option("--mpp", type=float, default=None,
-              help="The slides' µm per pixel at level 0; required for files that record none, "
-                   "and overrides the value of those that do.")
-@click.option("--model", default=None, help="Shipped model name or model directory [default model].")
-@click.option("--tile-size", type=int, default=768, show_default=True,
-              help="Tile side in pixels at the model's resolution (multiple of 32).")
-@click.option("--overlap", type=int, default=96, show_default=True,
-              help="Pixels shared by neighbouring tiles at the model's resolution.")
-@click.option("--context", type=int, default=64, show_default=True,
-              help="Extra pixels the network sees around each tile (multiple of 16).")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per batch.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp/--no-amp", default=None,
-              help="Mixed precision: float16 on CUDA, bfloat16 on the CPU. Default: on with CUDA "
-                   "and on CPUs with bfloat16 instructions (AMX, AVX512-BF16), off elsewhere.")
+@segmentation_options
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Local Dask worker threads (0: run in this thread).")
 @click.option("--processes", is_flag=True, help="Local Dask workers are processes, not threads.")
 @click.option("--scheduler", default=None,
               help="Address (or scheduler-file .json) of a running dask.distributed scheduler.")
-@click.option("--no-tissue-mask", is_flag=True, help="Segment every tile, tissue or not.")
-@click.option("--format", "fmt", type=click.Choice(["geojson", "geojson.gz"]), default="geojson",
-              show_default=True, help="GeoJSON output format.")
-@click.option("--no-labels", is_flag=True, help="Do not write the label image (zarr).")
-@click.option("--no-overlay", is_flag=True, help="Do not write the overlay PNG.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--postprocess", "postprocess_values", multiple=True, metavar="KEY=VALUE",
-              help="Override one post-processing value of the model card, e.g. "
-                   "min_hematoxylin_contrast=0 (repeatable; docs/SEGMENT.md).")
 @verbosity_options
 def segment_command(
     slides: tuple[Path, ...],
     out_dir: Path,
+    workers: int,
+    processes: bool,
+    scheduler: str | None,
+    **values: Any,
+) -> None:
+    """Segment every nucleus of SLIDES into QuPath GeoJSON detections in --out."""
+    from wsi_s2lcm.dispatch import open_dispatcher
+    from wsi_s2lcm.outputs import check_batch_outputs
+    from wsi_s2lcm.segment import segment_slide
+    from wsi_s2lcm.slide import check_readable, open_slide
+
+    options = _segment_options(**values)
+    for path in slides:
+        with open_slide(path, mpp=options.mpp) as slide:
+            check_readable(slide)
+    check_batch_outputs(slides, out_dir, options.export)
+    with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
+        for path in slides:
+            summary = segment_slide(
+                path,
+                out_dir,
+                model=options.model,
+                mpp=options.mpp,
+                tiling=options.tiling,
+                postprocess=options.postprocess,
+                export=options.export,
+                device=options.device,
+                amp=options.amp,
+                dispatcher=dispatcher,
+                progress=show_progress(),
+            )
+            dropped = sum(summary["dropped_by_check"].values())
+            click.echo(
+                f"{path}: {summary['nuclei']} nuclei ({dropped} more objects dropped by the "
+                f"checks, see {Path(summary['outputs']['summary']).name}), "
+                f"{summary['tissue_mm2']:.2f} mm² tissue, "
+                f"{summary['seconds']['total']:.1f} s -> {summary['outputs']['geojson']}"
+            )
+
+
+@main.command("cohort")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory: each slide's outputs, named after its stem, and cohort.csv.")
+@segmentation_options
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Slides segmented at once by local Dask worker threads, sharing this "
+                   "machine's cores (0: one by one in this thread).")
+@click.option("--processes", is_flag=True, help="Local Dask workers are processes, not threads.")
+@click.option("--scheduler", default=None,
+              help="Address (or scheduler-file .json) of a running dask.distributed scheduler "
+                   "whose workers segment the slides.")
+@click.option("--cluster", type=click.Choice(["local", *JOBQUEUE_CLUSTERS]), default="local",
+              show_default=True,
+              help="Where the slides run: local workers (or --scheduler), or batch jobs "
+                   "submitted through dask-jobqueue.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Batch jobs to submit with a batch --cluster; each runs as many slides at "
+                   "once as it has worker threads (cores / processes).")
+@click.option("--cluster-option", "cluster_values", multiple=True, metavar="KEY=VALUE",
+              help="A dask-jobqueue setting of each batch job, e.g. cores=8, memory=32GB, "
+                   "walltime=04:00:00, queue=gpu (repeatable; the rest comes from dask's "
+                   "jobqueue configuration).")
+@verbosity_options
+def cohort_command(
+    source: Path,
+    out_dir: Path,
+    workers: int,
+    processes: bool,
+    scheduler: str | None,
+    cluster: str,
+    jobs: int,
+    cluster_values: tuple[str, ...],
+    **values: Any,
+) -> None:
+    """Segment every slide of SOURCE (a folder, or a .csv manifest) into --out; resumable.
+
+    Each slide is one Dask task; a slide that fails is reported in cohort.csv and the others
+    go on (exit code 3 when some failed). Running the command again skips the slides whose
+    outputs are complete and retries the others.
+    """
+    from wsi_s2lcm.cohort import REPORT_NAME, find_slides, run_cohort
+    from wsi_s2lcm.dispatch import open_dispatcher
+
+    options = _segment_options(**values)
+    if source.is_dir() and out_dir.resolve() == source.resolve():
+        raise ConfigError(
+            f"--out {out_dir} is the slide folder itself; give another folder, so that the "
+            "outputs are not taken for slides."
+        )
+    slides = find_slides(source)
+    cluster_options = parse_assignments(cluster_values, "--cluster-option")
+    if cluster_options and cluster == "local":
+        raise ConfigError("--cluster-option applies to batch jobs; add --cluster slurm (or pbs, "
+                          "lsf, sge).")
+    with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes,
+                         cluster=cluster, jobs=jobs, cluster_options=cluster_options,
+                         in_flight=len(slides)) as dispatcher:
+        records = run_cohort(slides, out_dir, options, dispatcher, progress=show_progress())
+    counts = {status: sum(r["status"] == status for r in records)
+              for status in ("done", "skipped", "failed")}
+    click.echo(
+        f"{len(records)} slides: {counts['done']} segmented, {counts['skipped']} complete from an "
+        f"earlier run, {counts['failed']} failed -> {out_dir / REPORT_NAME}"
+    )
+    if counts["failed"]:
+        click.get_current_context().exit(EXIT_SLIDES_FAILED)
+
+
+def _segment_options(
     mpp: float | None,
     model: str | None,
     tile_size: int,
@@ -101,24 +196,18 @@ def segment_command(
     batch_size: int,
     device: str,
     amp: bool | None,
-    workers: int,
-    processes: bool,
-    scheduler: str | None,
     no_tissue_mask: bool,
     fmt: str,
     no_labels: bool,
     no_overlay: bool,
     overwrite: bool,
     postprocess_values: tuple[str, ...],
-) -> None:
-    """Segment every nucleus of SLIDES into QuPath GeoJSON detections in --out."""
+) -> Any:
+    """The :class:`~wsi_s2lcm.segment.SegmentOptions` of the segmentation options, checked."""
     from wsi_s2lcm.config import ExportConfig, TilingConfig
-    from wsi_s2lcm.dispatch import open_dispatcher
     from wsi_s2lcm.models import read_card, resolve_model
-    from wsi_s2lcm.outputs import check_batch_outputs
     from wsi_s2lcm.predictor import resolve_device
-    from wsi_s2lcm.segment import segment_slide
-    from wsi_s2lcm.slide import check_readable, open_slide
+    from wsi_s2lcm.segment import SegmentOptions
 
     if mpp is not None and mpp <= 0:
         raise ConfigError(f"--mpp {mpp} must be a positive number of µm per pixel.")
@@ -132,37 +221,13 @@ def segment_command(
     export = ExportConfig(
         format=fmt, labels=not no_labels, overlay=not no_overlay, overwrite=overwrite
     )
-    for path in slides:
-        with open_slide(path, mpp=mpp) as slide:
-            check_readable(slide)
-    check_batch_outputs(slides, out_dir, export)
     card = read_card(resolve_model(model))
     postprocess = None
     if postprocess_values:
         postprocess = postprocess_with(card.postprocess, postprocess_values)
     resolve_device(device)
-    with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
-        for path in slides:
-            summary = segment_slide(
-                path,
-                out_dir,
-                model=model,
-                mpp=mpp,
-                tiling=tiling,
-                postprocess=postprocess,
-                export=export,
-                device=device,
-                amp=amp,
-                dispatcher=dispatcher,
-                progress=show_progress(),
-            )
-            dropped = sum(summary["dropped_by_check"].values())
-            click.echo(
-                f"{path}: {summary['nuclei']} nuclei ({dropped} more objects dropped by the "
-                f"checks, see {Path(summary['outputs']['summary']).name}), "
-                f"{summary['tissue_mm2']:.2f} mm² tissue, "
-                f"{summary['seconds']['total']:.1f} s -> {summary['outputs']['geojson']}"
-            )
+    return SegmentOptions(model=model, mpp=mpp, tiling=tiling, export=export,
+                          postprocess=postprocess, device=device, amp=amp)
 
 
 @main.command("models")

@@ -113,3 +113,41 @@ def postprocess_with(
     overrides = parse_assignments(items, "--postprocess")
     values = {**(card_values or {}), **overrides}
     return from_mapping(PostprocessConfig, values, "--postprocess")
+
+
+#: The options of ``segment`` and ``cohort`` that say how each slide is segmented.
+_SEGMENTATION_OPTIONS = (
+    click.option("--mpp", type=float, default=None,
+                 help="The slides' µm per pixel at level 0; required for files that record "
+                      "none, and overrides the value of those that do."),
+    click.option("--model", default=None,
+                 help="Shipped model name or model directory [default model]."),
+    click.option("--tile-size", type=int, default=768, show_default=True,
+                 help="Tile side in pixels at the model's resolution (multiple of 32)."),
+    click.option("--overlap", type=int, default=96, show_default=True,
+                 help="Pixels shared by neighbouring tiles at the model's resolution."),
+    click.option("--context", type=int, default=64, show_default=True,
+                 help="Extra pixels the network sees around each tile (multiple of 16)."),
+    click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per batch."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--amp/--no-amp", default=None,
+                 help="Mixed precision: float16 on CUDA, bfloat16 on the CPU. Default: on with "
+                      "CUDA and on CPUs with bfloat16 instructions (AMX, AVX512-BF16), off "
+                      "elsewhere."),
+    click.option("--no-tissue-mask", is_flag=True, help="Segment every tile, tissue or not."),
+    click.option("--format", "fmt", type=click.Choice(["geojson", "geojson.gz"]),
+                 default="geojson", show_default=True, help="GeoJSON output format."),
+    click.option("--no-labels", is_flag=True, help="Do not write the label image (zarr)."),
+    click.option("--no-overlay", is_flag=True, help="Do not write the overlay PNG."),
+    click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+    click.option("--postprocess", "postprocess_values", multiple=True, metavar="KEY=VALUE",
+                 help="Override one post-processing value of the model card, e.g. "
+                      "min_hematoxylin_contrast=0 (repeatable; docs/SEGMENT.md)."),
+)
+
+
+def segmentation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options that say how each slide is segmented (shared by segment and cohort)."""
+    for option in reversed(_SEGMENTATION_OPTIONS):
+        command = option(command)
+    return command

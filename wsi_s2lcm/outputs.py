@@ -85,16 +85,30 @@ def check_batch_outputs(
     OutputExistsError
         When an output exists already and ``export.overwrite`` is off.
     """
+    check_distinct_stems(slide_paths, out_dir, export)
+    for slide_path in slide_paths:
+        OutputPaths.for_slide(slide_path, out_dir, export).check_free(export)
+
+
+def check_distinct_stems(
+    slide_paths: Sequence[str | Path], out_dir: str | Path, export: ExportConfig
+) -> None:
+    """Refuse a batch of slides in which two would write the same outputs.
+
+    Raises
+    ------
+    ConfigError
+        Naming the two slides that share a file stem.
+    """
     planned: dict[Path, str | Path] = {}
     for slide_path in slide_paths:
-        paths = OutputPaths.for_slide(slide_path, out_dir, export)
-        if paths.geojson in planned:
+        geojson = OutputPaths.for_slide(slide_path, out_dir, export).geojson
+        if geojson in planned:
             raise ConfigError(
-                f"{planned[paths.geojson]} and {slide_path} would both write {paths.geojson}; "
+                f"{planned[geojson]} and {slide_path} would both write {geojson}; "
                 "segment them into different --out folders or rename one."
             )
-        planned[paths.geojson] = slide_path
-        paths.check_free(export)
+        planned[geojson] = slide_path
 
 
 def slide_stem(slide_path: str | Path) -> str:

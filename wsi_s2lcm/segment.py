@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -39,6 +38,23 @@ logger = logging.getLogger(__name__)
 SLIDE_CHECK = "paler_than_slide"
 
 
+@dataclasses.dataclass(frozen=True)
+class SegmentOptions:
+    """What each slide of a batch is segmented with: the arguments of :func:`segment_slide`.
+
+    ``mpp`` applies to every slide that its cohort manifest gives none.
+    """
+
+    model: str | None = None
+    mpp: float | None = None
+    tiling: TilingConfig = TilingConfig()
+    export: ExportConfig = ExportConfig()
+    postprocess: PostprocessConfig | None = None
+    device: str = "auto"
+    amp: bool | None = None
+    predictor_spec: Any = None
+
+
 def segment_slide(
     slide_path: str | Path,
     out_dir: str | Path,
@@ -53,6 +69,7 @@ def segment_slide(
     dispatcher: Any = None,
     predictor_spec: PredictorSpec | None = None,
     progress: bool = False,
+    cpu_threads: int | None = None,
 ) -> dict[str, Any]:
     """Segment every nucleus of a slide and write the outputs.
 
@@ -84,13 +101,15 @@ def segment_slide(
         ``postprocess`` is given.
     progress
         Show a progress bar over tiles.
+    cpu_threads
+        CPU threads of the network on each worker; by default this machine's cores shared
+        among the dispatcher's local workers.
 
     Returns
     -------
     dict
         The run summary, also written to ``<stem>.json``.
     """
-    from wsi_s2lcm.models import read_card, resolve_model
     from wsi_s2lcm.slide import check_readable, open_slide
     from wsi_s2lcm.tissue import tissue_mask
 
@@ -102,16 +121,13 @@ def segment_slide(
     writer = None
     try:
         check_readable(slide)
-        card = None
-        if predictor_spec is None or model is not None:
-            model_dir = resolve_model(model)
-            card = read_card(model_dir)
+        model_dir, card = _model(model, predictor_spec)
         spec = predictor_spec or ModelSpec(
-            str(model_dir), device, cpu_threads=_threads_per_worker(dispatcher),
+            str(model_dir), device, cpu_threads=cpu_threads or _threads_per_worker(dispatcher),
             amp=resolve_amp(resolve_device(device), amp),
         )
         model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
-        post = postprocess or PostprocessConfig(**(card.postprocess if card else {}))
+        post = _postprocess(card, postprocess)
         width, height = model_size(slide.dimensions, slide.mpp, model_mpp)
         job = TileJob(
             slide_path=str(slide_path),
@@ -181,13 +197,65 @@ def segment_slide(
     return summary
 
 
+def run_settings(options: SegmentOptions) -> dict[str, Any]:
+    """The settings that decide a run's nuclei, as :func:`summary_settings` reads them back.
+
+    The model's name, the tiling, the post-processing (the card's, unless overridden) and which
+    outputs are written: a later run with the same settings would write the same outputs.
+    """
+    _, card = _model(options.model, options.predictor_spec)
+    return _comparable({
+        "model": card.name if card else None,
+        "tiling": dataclasses.asdict(options.tiling),
+        "postprocess": dataclasses.asdict(_postprocess(card, options.postprocess)),
+        "export": _export_settings(dataclasses.asdict(options.export)),
+    })
+
+
+def summary_settings(summary: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`run_settings` of the run that wrote a run summary (``<stem>.json``)."""
+    config = summary.get("config") or {}
+    card = summary.get("model_card") or {}
+    return _comparable({
+        "model": card.get("name"),
+        "tiling": config.get("tiling"),
+        "postprocess": config.get("postprocess"),
+        "export": _export_settings(config.get("export") or {}),
+    })
+
+
+def _export_settings(export: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in export.items() if key != "overwrite"}
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings as the run summary's JSON holds them (tuples as lists)."""
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _model(model: str | Path | None, predictor_spec: Any) -> tuple[Path | None, Any]:
+    """The model directory and card a run uses; none for a predictor spec without a model."""
+    from wsi_s2lcm.models import read_card, resolve_model
+
+    if predictor_spec is not None and model is None:
+        return None, None
+    model_dir = resolve_model(model)
+    return model_dir, read_card(model_dir)
+
+
+def _postprocess(card: Any, postprocess: PostprocessConfig | None) -> PostprocessConfig:
+    return postprocess or PostprocessConfig(**(card.postprocess if card else {}))
+
+
 def _threads_per_worker(dispatcher: Any) -> int | None:
     """This machine's cores shared among its local workers; None (keep) on a remote cluster."""
+    from wsi_s2lcm.dispatch import available_cpus
+
     if dispatcher is None:
-        return os.cpu_count() or 1
+        return available_cpus()
     if dispatcher.workers is None:
         return None
-    return max(1, (os.cpu_count() or 1) // dispatcher.workers)
+    return max(1, available_cpus() // dispatcher.workers)
 
 
 def _has_tissue(tile: Tile, tissue: Any, scale: float) -> bool:
@@ -226,10 +294,12 @@ def _resolve_fragments(
         return []
     from wsi_s2lcm.fragments import group_fragments, resolve_group
 
+    from wsi_s2lcm.dispatch import available_cpus
+
     spec = job.predictor
     if isinstance(spec, ModelSpec) and spec.cpu_threads:
         # The tiles are done: this pass, in the calling process, has every core to itself.
-        spec = dataclasses.replace(spec, cpu_threads=os.cpu_count() or 1)
+        spec = dataclasses.replace(spec, cpu_threads=available_cpus())
     predictor = build_predictor(spec)
     groups = group_fragments(fragments)
     logger.info("re-segmenting %d nuclei larger than the tile margin", len(groups))
