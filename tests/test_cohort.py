@@ -129,6 +129,8 @@ def test_a_second_run_skips_done_slides_and_never_replaces_other_outputs(tmp_pat
         assert [r["status"] for r in changed] == ["failed", "failed"]
         assert "other settings (postprocess)" in changed[0]["error"]
         assert first.stat().st_mtime_ns == stamps[first]
+        other_mpp = [CohortSlide(s.path, 0.3) for s in slides]
+        assert "other settings (mpp)" in run_cohort(other_mpp, out, FAKE, dispatcher)[0]["error"]
 
         (out / f"{IMAGES[0]}.zarr").rename(tmp_path / "moved.zarr")
         (out / f"{IMAGES[1]}.json").unlink()

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -100,7 +101,8 @@ def read_manifest(path: str | Path) -> list[CohortSlide]:
         name = (row.get("slide") or "").strip()
         if not name:
             raise ConfigError(f"{path}, line {number}: the slide column is empty.")
-        slides.append(CohortSlide(path.parent / name, _manifest_mpp(path, number, row)))
+        slide = Path(os.path.normpath(path.parent / name))
+        slides.append(CohortSlide(slide, _manifest_mpp(path, number, row)))
     return slides
 
 
@@ -121,7 +123,11 @@ def _manifest_mpp(path: Path, number: int, row: dict[str, Any]) -> float | None:
 
 
 def plan_slide(
-    slide_path: str | Path, out_dir: str | Path, export: ExportConfig, settings: dict[str, Any]
+    slide_path: str | Path,
+    out_dir: str | Path,
+    export: ExportConfig,
+    settings: dict[str, Any],
+    mpp: float | None = None,
 ) -> tuple[str, Any]:
     """What a cohort run does with one slide, given the outputs already in ``out_dir``.
 
@@ -131,6 +137,8 @@ def plan_slide(
         The slide, the output folder and which outputs are wanted.
     settings
         This run's :func:`~wsi_s2lcm.segment.run_settings`.
+    mpp
+        The slide's µm/px this run gives it (``None``: the file's own, which cannot differ).
 
     Returns
     -------
@@ -156,8 +164,11 @@ def plan_slide(
             "was made; pass --overwrite to replace it, or give another --out."
         )
     before = summary_settings(summary)
-    if before != settings:
-        changed = ", ".join(key for key in settings if before.get(key) != settings[key])
+    changed = ", ".join(key for key in settings if before.get(key) != settings[key])
+    recorded_mpp = (summary.get("slide_info") or {}).get("mpp")
+    if mpp is not None and (recorded_mpp is None or abs(float(recorded_mpp) - mpp) > 1e-9):
+        changed = ", ".join(filter(None, [changed, "mpp"]))
+    if changed:
         return "refuse", (
             f"{paths.summary}: the outputs there were made with other settings ({changed}); "
             "pass --overwrite to replace them, or give another --out."
@@ -217,7 +228,9 @@ def run_cohort(
     records: dict[Path, dict[str, Any]] = {}
     todo = []
     for slide in slides:
-        action, found = plan_slide(slide.path, out_dir, options.export, settings)
+        action, found = plan_slide(
+            slide.path, out_dir, options.export, settings, slide.mpp or options.mpp
+        )
         if action == "skip":
             records[slide.path] = _record(slide, "skipped", found)
         elif action == "refuse":
