@@ -166,6 +166,9 @@ def test_bad_postprocess_values_exit_2(tmp_path, monuseg_dir, untrained_model, v
 def test_parse_assignments_types_values():
     assert parse_assignments(("a=0.5", "b=true", "c=text", "a=2"), "--x") == {
         "a": 2, "b": True, "c": "text"}
+    # a batch job's walltime stays text (YAML would read 4:00:00 as 14400 seconds)
+    assert parse_assignments(("walltime=4:00:00", "cores=8", "memory=32GB"), "--x") == {
+        "walltime": "4:00:00", "cores": 8, "memory": "32GB"}
 
 
 @pytest.mark.parametrize("failing", ["wsi_s2lcm.overlay.Overlay.save",

@@ -97,16 +97,7 @@ def segment_command(
     with open_dispatcher(workers=workers, scheduler=scheduler, processes=processes) as dispatcher:
         for path in slides:
             summary = segment_slide(
-                path,
-                out_dir,
-                model=options.model,
-                mpp=options.mpp,
-                tiling=options.tiling,
-                postprocess=options.postprocess,
-                export=options.export,
-                device=options.device,
-                amp=options.amp,
-                dispatcher=dispatcher,
+                path, out_dir, **options.arguments(), dispatcher=dispatcher,
                 progress=show_progress(),
             )
             dropped = sum(summary["dropped_by_check"].values())

@@ -94,6 +94,8 @@ def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, Any]:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        if isinstance(value, int) and ":" in text:
+            value = text.strip()  # a time such as 4:00:00, which YAML reads as base-60 seconds
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{option} {item!r}: the value must be a number, true/false or text.")
         values[key] = value

@@ -273,18 +273,9 @@ def segment_one(
     worker running the task decides (:func:`~wsi_s2lcm.dispatch.task_threads`).
     """
     try:
+        own = dataclasses.replace(options, mpp=slide.mpp or options.mpp)
         summary = segment_slide(
-            slide.path,
-            out_dir,
-            model=options.model,
-            mpp=slide.mpp or options.mpp,
-            tiling=options.tiling,
-            export=options.export,
-            postprocess=options.postprocess,
-            device=options.device,
-            amp=options.amp,
-            predictor_spec=options.predictor_spec,
-            cpu_threads=cpu_threads or task_threads(),
+            slide.path, out_dir, **own.arguments(), cpu_threads=cpu_threads or task_threads()
         )
     except UserInputError as error:
         return _record(slide, "failed", error=str(error))

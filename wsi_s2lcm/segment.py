@@ -54,6 +54,10 @@ class SegmentOptions:
     amp: bool | None = None
     predictor_spec: Any = None
 
+    def arguments(self) -> dict[str, Any]:
+        """These options as keyword arguments of :func:`segment_slide`."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
 
 def segment_slide(
     slide_path: str | Path,
