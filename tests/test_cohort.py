@@ -188,7 +188,9 @@ def test_batch_cluster_errors_say_what_to_do():
 def test_a_cohort_runs_on_batch_jobs(tmp_path, cohort_dir, monkeypatch):
     # dask-jobqueue's own local "batch system" runs each job script as a subprocess: the whole
     # path of --cluster (job script, submission, workers joining) without a real scheduler.
-    monkeypatch.setitem(dispatch.JOBQUEUE_CLUSTERS, "local-jobs", "dask_jobqueue.local:LocalCluster")
+    monkeypatch.setitem(
+        dispatch.JOBQUEUE_CLUSTERS, "local-jobs", "dask_jobqueue.local:LocalCluster"
+    )
     # Its jobs inherit this environment: the job's worker must import the fake predictor.
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
     options = {"cores": 1, "memory": "2GB", "processes": 1}
@@ -210,7 +212,9 @@ def run_cli(*args) -> object:
     return CliRunner().invoke(main, ["cohort", *[str(a) for a in args]], catch_exceptions=False)
 
 
-def test_cohort_command_exits_3_when_a_slide_fails_and_resumes(tmp_path, cohort_dir, untrained_model):
+def test_cohort_command_exits_3_when_a_slide_fails_and_resumes(
+    tmp_path, cohort_dir, untrained_model
+):
     (tmp_path / "m.csv").write_text(f"slide,mpp\n{cohort_dir / (IMAGES[0] + '.tif')},0.25\n"
                                     f"{cohort_dir / 'notes.svs'},\n")
     args = [tmp_path / "m.csv", "--out", tmp_path / "out", "--model", untrained_model,

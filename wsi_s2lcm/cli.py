@@ -2,7 +2,8 @@
 
 Each command parses its options, builds the configs, calls one library function and maps errors
 to exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line, no traceback),
-3 a cohort finished with some slides failed, 130 interrupted (Ctrl-C). Logging is configured by :mod:`wsi_s2lcm.cli_options`.
+3 a cohort finished with some slides failed, 130 interrupted (Ctrl-C). Logging is configured by
+:mod:`wsi_s2lcm.cli_options`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,6 +27,9 @@ from wsi_s2lcm.cli_options import (
 from wsi_s2lcm.cli_training import scribbles_command, train_command
 from wsi_s2lcm.dispatch import JOBQUEUE_CLUSTERS
 from wsi_s2lcm.errors import ConfigError, UserInputError
+
+if TYPE_CHECKING:
+    from wsi_s2lcm.segment import SegmentOptions
 
 logger = logging.getLogger("wsi_s2lcm")
 
@@ -127,7 +131,7 @@ def segment_command(
                    "submitted through dask-jobqueue.")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Batch jobs to submit with a batch --cluster; each runs as many slides at "
-                   "once as it has worker threads (cores / processes).")
+                   "once as it has worker processes, each with cores / processes threads.")
 @click.option("--cluster-option", "cluster_values", multiple=True, metavar="KEY=VALUE",
               help="A dask-jobqueue setting of each batch job, e.g. cores=8, memory=32GB, "
                    "walltime=04:00:00, queue=gpu (repeatable; the rest comes from dask's "
@@ -193,7 +197,7 @@ def _segment_options(
     no_overlay: bool,
     overwrite: bool,
     postprocess_values: tuple[str, ...],
-) -> Any:
+) -> SegmentOptions:
     """The :class:`~wsi_s2lcm.segment.SegmentOptions` of the segmentation options, checked."""
     from wsi_s2lcm.config import ExportConfig, TilingConfig
     from wsi_s2lcm.models import read_card, resolve_model
