@@ -27,6 +27,8 @@ Usage (from the project root)::
     python pipelines/reproduce_table.py --quick              # smoke run, a few steps per row
     python pipelines/reproduce_table.py --adopt-default runs # reuse the default model's stages
     python pipelines/reproduce_table.py --seed 1 --rows s2lcm,mcr  # a repeat, runs/table-seed1
+    python pipelines/reproduce_table.py --second-stage-seed 1 --rows s2lcm,mcr  # runs/table's
+        # warm-up, second stages from seed 1: runs/table-stage2-seed1
 """
 
 from __future__ import annotations
@@ -179,9 +181,17 @@ def stage_values(table: Table, row: Row, stage: str, quick: bool = False,
     return values
 
 
-def with_training_seed(table: Table, seed: int) -> Table:
-    """The table with every stage trained from ``seed`` (the scribbles keep theirs)."""
-    recipe = {**table.recipe, "shared": {**table.recipe["shared"], "seed": seed}}
+def with_training_seed(table: Table, seed: int, second_stage_only: bool = False) -> Table:
+    """The table with every stage, or only the second stages, trained from ``seed``.
+
+    The scribbles keep their seed. With ``second_stage_only`` the warm-ups are the recipe's, so
+    rows repeated this way differ from the recipe's only by the randomness of their own terms
+    (crops, augmentation, the MCR and MIL samples), on the same warm-up model.
+    """
+    if second_stage_only:
+        recipe = {**table.recipe, "s2lcm": {**table.recipe["s2lcm"], "seed": seed}}
+    else:
+        recipe = {**table.recipe, "shared": {**table.recipe["shared"], "seed": seed}}
     return dataclasses.replace(table, recipe=recipe)
 
 
@@ -247,9 +257,14 @@ class TableData:
                         ratio, seed)
         return folder
 
+    def scribble_ratio(self, row: Row) -> float:
+        """The ratio of the scribbles a training row loads (the recipe's for full supervision,
+        which selects on dense labels but reads the images with their scribbles)."""
+        return self.recipe["scribble_ratio"] if row.supervision == "full" else row.ratio
+
     def train_images(self, row: Row, config: TrainConfig) -> tuple[list, list]:
         """Training and validation ``TrainImage`` lists of a training row."""
-        ratio = self.recipe["scribble_ratio"] if row.supervision == "full" else row.ratio
+        ratio = self.scribble_ratio(row)
         key = (row.supervision, ratio, config.mpp, config.stroke_width_um)
         if key not in self._cache:
             folder, loaded = self.scribbles(ratio), {}
@@ -270,14 +285,16 @@ ADOPT_IGNORED = ("init_model", "licence")
 
 
 def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableData,
-                ratio: float) -> dict[str, Any]:
-    """Copy a finished model directory of ``pipelines/train_default_model.sh`` in.
+                ratio: float, option: str = "--adopt-default") -> dict[str, Any]:
+    """Copy a finished model directory in instead of training the stage.
 
-    That run's two stages (``default-model-warmup``, ``default-model``) are the warm-up and the
-    ``s2lcm`` row of the recipe's
-    scribble ratio; adopting them saves retraining them. The source must have run all of its
-    epochs with the same TrainConfig (up to :data:`ADOPT_IGNORED`), the same split, and scribble
-    files identical to the table's at ``ratio``.
+    The two stages of ``pipelines/train_default_model.sh`` (``default-model-warmup``,
+    ``default-model``) are the warm-up and the ``s2lcm`` row of the recipe's scribble ratio
+    (``--adopt-default``); the warm-ups of another table folder are this table's when only the
+    second stages change (``--warmups-from``). Adopting them saves retraining them. The source
+    must have run all of its epochs with the same TrainConfig (up to :data:`ADOPT_IGNORED`), the
+    same split, and scribble files identical to the table's at ``ratio``. ``option`` names the
+    command-line option in the error messages.
 
     Returns
     -------
@@ -289,13 +306,20 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
     ConfigError
         When the source is unfinished or differs in any of these.
     """
+    if not (source / LAST_DIR / "card.json").is_file():
+        raise ConfigError(f"{option}: cannot adopt {source} as {out_dir.name}: it holds no "
+                          f"finished stage ({source / LAST_DIR / 'card.json'} is missing); "
+                          "train it there first.")
     last = read_card(source / LAST_DIR)
     training = last.training
     theirs = {k: v for k, v in with_defaults(training["config"]).items() if k not in ADOPT_IGNORED}
     ours = {k: v for k, v in config.to_dict().items() if k not in ADOPT_IGNORED}
-    folders = recorded_folders(training["data"], "scribbles")
-    scribbles = ROOT / folders[0]
     table_scribbles = data.scribbles(ratio)
+    if "scribbles" in training["data"]:
+        folders = [ROOT / f for f in recorded_folders(training["data"], "scribbles")]
+    else:  # a stage of another table folder, whose scribbles lie beside it
+        folders = [source.parent / table_scribbles.name]
+    scribbles = folders[0]
     problems = [
         (theirs != ours, "its training config differs: "
          + ", ".join(sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)))),
@@ -303,14 +327,14 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
          f"it ran {training['epoch']} of {config.epochs} epochs"),
         ((training["data"]["train"], training["data"]["validation"])
          != (data.train_stems, data.val_stems), "its split differs"),
-        (len(folders) > 1 or any((scribbles / f"{s}.geojson").read_bytes()
-                                 != (table_scribbles / f"{s}.geojson").read_bytes()
-                                 for s in data.train_stems + data.val_stems),
+        (len(folders) > 1 or not all(_same_bytes(scribbles / f"{s}.geojson",
+                                                 table_scribbles / f"{s}.geojson")
+                                     for s in data.train_stems + data.val_stems),
          f"its scribbles ({scribbles}) differ from {table_scribbles}"),
     ]
     for failed, message in problems:
         if failed:
-            raise ConfigError(f"--adopt-default: cannot adopt {source} as {out_dir.name}: "
+            raise ConfigError(f"{option}: cannot adopt {source} as {out_dir.name}: "
                               f"{message}.")
     shutil.copytree(source, out_dir)
     best = read_card(source)
@@ -360,12 +384,12 @@ def train_stage(out_dir: Path, config: TrainConfig, images: Callable[[], tuple[l
 
 
 def ensure_model(table: Table, data: TableData, row: Row, out: Path, device: str,
-                 quick: bool, epochs: int | None, adopt: dict[str, Path] | None = None
+                 quick: bool, epochs: int | None, adopt: dict[str, tuple[Path, str]] | None = None
                  ) -> dict[str, dict]:
     """Train a training row's two stages (each skipped when done); their stage records.
 
-    ``adopt`` maps stage folder names to finished model directories to copy in instead of
-    training (:func:`adopt_stage`).
+    ``adopt`` maps stage folder names to the finished model directory to copy in instead of
+    training and the option that asked for it (:func:`adopt_stage`).
     """
     adopt = adopt or {}
     warm_dir = out / warmup_name(row)
@@ -382,7 +406,9 @@ def ensure_model(table: Table, data: TableData, row: Row, out: Path, device: str
     def adopter(folder: Path, stage_config: TrainConfig) -> Callable[[], dict] | None:
         if folder.name not in adopt:
             return None
-        return lambda: adopt_stage(adopt[folder.name], folder, stage_config, data, row.ratio)
+        source, option = adopt[folder.name]
+        return lambda: adopt_stage(source, folder, stage_config, data, data.scribble_ratio(row),
+                                   option)
 
     warmup = train_stage(warm_dir, warm_config, images, device,
                          {**record, "table": {"stage": warm_dir.name}},
@@ -413,7 +439,8 @@ def evaluate_model(model_dir: Path, data: TableData, out_dir: Path,
 
 
 def run_row(table: Table, data: TableData, row: Row, out: Path, device: str, quick: bool,
-            epochs: int | None, adopt: dict[str, Path] | None = None) -> dict[str, Any]:
+            epochs: int | None, adopt: dict[str, tuple[Path, str]] | None = None
+            ) -> dict[str, Any]:
     """Train (if needed) and evaluate one row; writes and returns its ``result.json``."""
     stages = ensure_model(table, data, table.row(row.model_row), out, device, quick, epochs,
                           adopt)
@@ -549,6 +576,10 @@ def _cell(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _same_bytes(path: Path, other: Path) -> bool:
+    return path.is_file() and path.read_bytes() == other.read_bytes()
+
+
 def _write_json(path: Path, value: Any) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(value, indent=1, default=_plain) + "\n", encoding="utf-8")
@@ -572,9 +603,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None,
                         help="training seed of every stage, to measure how far a row repeats "
                              "(default: the recipe's 0; the scribbles keep seed 0)")
+    parser.add_argument("--second-stage-seed", type=int, default=None, metavar="N",
+                        help="training seed of the second stages only: the rows again on the "
+                             "warm-ups of --warmups-from, to measure what each component does "
+                             "by chance and what it does always")
+    parser.add_argument("--warmups-from", type=Path, default=None, metavar="DIR",
+                        help="copy the finished warm-ups from this table folder instead of "
+                             "training them (checked to be the same recipe; default runs/table "
+                             "with --second-stage-seed)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default runs/table, runs/table-seed<N> with "
-                             "--seed N, runs/table-quick with --quick)")
+                             "--seed N, runs/table-stage2-seed<N> with --second-stage-seed N, "
+                             "runs/table-quick with --quick)")
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="MoNuSeg training folder")
     parser.add_argument("--split", type=Path, default=SPLIT_FILE, help="JSON train/validation")
     parser.add_argument("--rows-file", type=Path, default=ROWS_FILE, help="row definitions")
@@ -584,15 +624,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "default-model; checked to be the same recipe) instead of training them "
                              "again")
     args = parser.parse_args(argv)
+    if args.seed is not None and args.second_stage_seed is not None:
+        parser.error("--seed and --second-stage-seed exclude each other: --seed already sets "
+                     "the second stages' seed")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     folder = "table-quick" if args.quick else "table"
     if args.seed is not None and not args.quick:
         folder = f"table-seed{args.seed}"
+    warmups_from = args.warmups_from
+    if args.second_stage_seed is not None:
+        base = "table-quick" if args.quick else "table"
+        folder = f"{base}-stage2-seed{args.second_stage_seed}"
+        warmups_from = warmups_from or ROOT / "runs" / base
     out = (args.out or ROOT / "runs" / folder).resolve()
     try:
         table = load_table(args.rows_file)
         if args.seed is not None:
             table = with_training_seed(table, args.seed)
+        if args.second_stage_seed is not None:
+            table = with_training_seed(table, args.second_stage_seed, second_stage_only=True)
         rows = [table.row(n) for n in args.rows.split(",") if n] if args.rows else table.rows
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available here.")
@@ -602,10 +652,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = json.loads(args.split.read_text(encoding="utf-8"))
         data = TableData(args.data, split, out, table.recipe)
         adopt = {}
+        if warmups_from:
+            if warmups_from.resolve() == out:
+                raise ConfigError(f"--warmups-from {warmups_from}: that is the output folder; "
+                                  "name another table folder or --out.")
+            adopt = {name: (warmups_from / name, "--warmups-from")
+                     for name in {warmup_name(r) for r in table.rows
+                                  if r.supervision != "evaluation"}}
         if args.adopt_default:
-            adopt = {f"warmup-r{table.recipe['scribble_ratio']}":
-                     args.adopt_default / "default-model-warmup",
-                     DEFAULT_ROW: args.adopt_default / "default-model"}
+            adopt.update({f"warmup-r{table.recipe['scribble_ratio']}":
+                          (args.adopt_default / "default-model-warmup", "--adopt-default"),
+                          DEFAULT_ROW: (args.adopt_default / "default-model", "--adopt-default")})
         for row in rows:
             if (out / row.name / RESULT_FILE).is_file():
                 logger.info("%s: done (%s); skipped", row.name, out / row.name / RESULT_FILE)

@@ -115,6 +115,17 @@ def test_training_seed_changes_every_stage_and_nothing_else(table_module, table)
     assert table.recipe["shared"]["seed"] == 0  # the table read from the file is left alone
 
 
+def test_second_stage_seed_changes_the_second_stages_only(table_module, table):
+    seeded = table_module.with_training_seed(table, 3, second_stage_only=True)
+    for row in (r for r in table.rows if r.supervision != "evaluation"):
+        assert (table_module.stage_values(seeded, row, "warmup")
+                == table_module.stage_values(table, row, "warmup")), row.name
+        diff = _diff(table_module.stage_values(table, row, "s2lcm"),
+                     table_module.stage_values(seeded, row, "s2lcm"))
+        assert diff == {"seed": (table.recipe["shared"]["seed"], 3)}, row.name
+    assert "seed" not in table.recipe["s2lcm"]  # the table read from the file is left alone
+
+
 def test_bad_rows_are_refused(table_module, tmp_path):
     document = yaml.safe_load((ROOT / "pipelines" / "table_rows.yaml").read_text())
     document["rows"][0]["overrides"] = {"use_magic": True}
@@ -240,3 +251,28 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
     for model in (second / "pce-only", second / "pce-only" / "last"):
         card = json.loads((model / "card.json").read_text())
         assert "separation_calibration" in card["metrics"], model
+
+
+def test_second_stage_seed_reuses_the_warmup_of_another_table(table_module, monuseg_dir,
+                                                              tmp_path):
+    """--second-stage-seed trains the second stage from its seed on a copy of the warm-up of
+    --warmups-from, and refuses to start when that folder holds no finished warm-up."""
+    base = ["--quick", "--rows", "pce-only", "--split", str(_small_split(tmp_path)), "--data",
+            str(monuseg_dir), "--threads", "1"]
+    first = tmp_path / "first"
+    assert table_module.main(base + ["--out", str(first)]) == 0
+    missing = tmp_path / "missing"
+    assert table_module.main(base + ["--second-stage-seed", "1", "--warmups-from",
+                                     str(tmp_path / "none"), "--out", str(missing)]) == 2
+    assert not (missing / "warmup-r0.5").exists() and not (missing / "pce-only").exists()
+    repeat = tmp_path / "repeat"
+    assert table_module.main(base + ["--second-stage-seed", "1", "--warmups-from", str(first),
+                                     "--out", str(repeat)]) == 0
+    warmup = json.loads((repeat / "warmup-r0.5" / "stage.json").read_text())
+    assert warmup["adopted_from"] == str(first / "warmup-r0.5")
+    assert warmup["config"]["seed"] == 0
+    second = json.loads((repeat / "pce-only" / "stage.json").read_text())
+    assert second["config"]["seed"] == 1
+    assert second["config"]["init_model"] == str(repeat / "warmup-r0.5")
+    assert json.loads((first / "pce-only" / "stage.json").read_text())["config"]["seed"] == 0
+    assert (repeat / "pce-only" / "result.json").is_file()
