@@ -84,8 +84,16 @@ def test_a_manifest_gives_paths_beside_it_and_per_slide_mpp(tmp_path):
     with pytest.raises(ConfigError, match="line 3: mpp '-1'"):
         find_slides(tmp_path / "mpp.csv")
     (tmp_path / "blank.csv").write_text("slide\n\n , \n")
-    with pytest.raises(ConfigError, match="slide column is empty"):
+    with pytest.raises(ConfigError, match="line 3: the slide column is empty"):
         find_slides(tmp_path / "blank.csv")
+    (tmp_path / "header.csv").write_text("slide, mpp\n")
+    with pytest.raises(ConfigError, match="lists no slides"):
+        find_slides(tmp_path / "header.csv")
+    (tmp_path / "spaced.csv").write_text("slide , mpp\na.svs, 0.5\n")
+    assert find_slides(tmp_path / "spaced.csv") == [CohortSlide(tmp_path / "a.svs", 0.5)]
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ConfigError, match="found columns: none"):
+        find_slides(tmp_path / "empty.csv")
 
 
 def test_bad_slides_are_reported_and_the_others_segmented(tmp_path, cohort_dir):

@@ -89,20 +89,25 @@ def read_manifest(path: str | Path) -> list[CohortSlide]:
     """The slides listed in a CSV manifest (see :func:`find_slides`)."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-        columns = [] if not rows else list(rows[0])
-    if "slide" not in columns:
-        raise ConfigError(
-            f"{path}: a manifest needs a 'slide' column (one slide path per row, and optionally "
-            "an 'mpp' column); found columns: " + (", ".join(columns) or "none") + "."
-        )
-    slides = []
-    for number, row in enumerate(rows, start=2):
-        name = (row.get("slide") or "").strip()
-        if not name:
-            raise ConfigError(f"{path}, line {number}: the slide column is empty.")
-        slide = Path(os.path.normpath(path.parent / name))
-        slides.append(CohortSlide(slide, _manifest_mpp(path, number, row)))
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "slide" not in columns:
+            raise ConfigError(
+                f"{path}: a manifest needs a 'slide' column (one slide path per row, and "
+                "optionally an 'mpp' column); found columns: "
+                + (", ".join(c for c in columns if c) or "none") + "."
+            )
+        reader.fieldnames = columns
+        slides = []
+        for row in reader:
+            name = (row.get("slide") or "").strip()
+            if not name:
+                raise ConfigError(f"{path}, line {reader.line_num}: the slide column is empty.")
+            slide = Path(os.path.normpath(path.parent / name))
+            slides.append(CohortSlide(slide, _manifest_mpp(path, reader.line_num, row)))
+    if not slides:
+        raise ConfigError(f"{path}: the manifest lists no slides; add one slide path per row "
+                          "under its 'slide' header.")
     return slides
 
 
