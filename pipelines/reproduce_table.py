@@ -336,7 +336,8 @@ def adopt_stage(source: Path, out_dir: Path, config: TrainConfig, data: TableDat
         if failed:
             raise ConfigError(f"{option}: cannot adopt {source} as {out_dir.name}: "
                               f"{message}.")
-    shutil.copytree(source, out_dir)
+    # A finished stage needs no resume state (the optimizer, 3x the weights).
+    shutil.copytree(source, out_dir, ignore=shutil.ignore_patterns(STATE_DIR))
     best = read_card(source)
     done = {"config": config.to_dict(), "train_seconds": training["training_seconds"],
             "wall_seconds_last_call": 0.0, "resumed": False, "best_epoch": best.training["epoch"],
@@ -621,8 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adopt-default", type=Path, default=None, metavar="RUNS",
                         help="take the warm-up and s2lcm stages from the finished run of "
                              "pipelines/train_default_model.sh in RUNS (default-model-warmup, "
-                             "default-model; checked to be the same recipe) instead of training them "
-                             "again")
+                             "default-model; checked to be the same recipe) instead of "
+                             "training them again")
     args = parser.parse_args(argv)
     if args.seed is not None and args.second_stage_seed is not None:
         parser.error("--seed and --second-stage-seed exclude each other: --seed already sets "

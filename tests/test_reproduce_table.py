@@ -271,6 +271,7 @@ def test_second_stage_seed_reuses_the_warmup_of_another_table(table_module, monu
     warmup = json.loads((repeat / "warmup-r0.5" / "stage.json").read_text())
     assert warmup["adopted_from"] == str(first / "warmup-r0.5")
     assert warmup["config"]["seed"] == 0
+    assert not (repeat / "warmup-r0.5" / "train_state").exists()
     second = json.loads((repeat / "pce-only" / "stage.json").read_text())
     assert second["config"]["seed"] == 1
     assert second["config"]["init_model"] == str(repeat / "warmup-r0.5")
