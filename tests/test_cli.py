@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -144,6 +145,25 @@ def test_postprocess_values_override_the_card(tmp_path, monuseg_dir, untrained_m
     assert used["min_hematoxylin_contrast"] == 0.0
     assert used["h_um"] == 1.5
     assert used["threshold"] == PostprocessConfig().threshold
+
+
+def test_tta_is_recorded_and_is_a_setting_that_a_resume_compares(
+    tmp_path, monuseg_dir, untrained_model
+):
+    from wsi_s2lcm.segment import SegmentOptions, run_settings, summary_settings
+
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    args = ["segment", str(image), "--out", str(tmp_path), "--mpp", "0.25", "--model",
+            str(untrained_model), "--workers", "0", "--tile-size", "256", "-q", "--tta"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "TCGA-18-5592-01Z-00-DX1.json").read_text())
+    assert summary["config"]["tta"] is True and "tta=True" in summary["config"]["predictor"]
+    recorded = summary_settings(summary)
+    assert recorded["tta"] is True
+    plain = SegmentOptions(model=str(untrained_model))
+    assert run_settings(plain)["tta"] is False
+    assert run_settings(dataclasses.replace(plain, tta=True))["tta"] == recorded["tta"]
 
 
 @pytest.mark.parametrize(

@@ -161,3 +161,26 @@ def test_bfloat16_predicts_like_float32_on_a_real_image(monuseg_dir):
     # Measured on the 6 validation images: at most 0.016 apart, 0.07 % of pixels flipped.
     assert np.abs(p32 - p16).max() < 0.05
     assert np.mean((p32 > 0.5) != (p16 > 0.5)) < 0.002
+
+
+def test_tta_is_the_mean_over_the_eight_orientations_and_turns_with_the_tile(monuseg_dir):
+    import tifffile
+
+    image = tifffile.imread(monuseg_dir / "images" / "TCGA-21-5786-01Z-00-DX1.tif")[:64, :96]
+    model = load_model()
+    plain = TorchPredictor(model, device="cpu", amp=False)
+    tta = TorchPredictor(model, device="cpu", amp=False, tta=True)
+    views = [np.rot90(image, k) for k in range(4)]
+    views += [np.fliplr(view) for view in views]
+    undo = [lambda p, k=k: np.rot90(p, -k) for k in range(4)]
+    undo += [lambda p, k=k: np.rot90(np.fliplr(p), -k) for k in range(4)]
+    by_hand = np.mean([u(plain(np.ascontiguousarray(v)[None])[0]) for u, v in zip(undo, views)],
+                      axis=0)
+    averaged = tta(image[None])[0]
+    assert averaged.shape == (64, 96)
+    assert np.abs(averaged - by_hand).max() < 1e-5
+    assert np.abs(averaged - plain(image[None])[0]).max() > 0.01, "the network is not symmetric"
+    turned = tta(np.ascontiguousarray(np.rot90(image))[None])[0]
+    assert np.abs(turned - np.rot90(averaged)).max() < 1e-5
+    mirrored = tta(np.ascontiguousarray(image[::-1])[None])[0]
+    assert np.abs(mirrored - averaged[::-1]).max() < 1e-5

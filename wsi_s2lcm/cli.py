@@ -191,6 +191,7 @@ def _segment_options(
     batch_size: int,
     device: str,
     amp: bool | None,
+    tta: bool,
     no_tissue_mask: bool,
     fmt: str,
     no_labels: bool,
@@ -222,7 +223,7 @@ def _segment_options(
         postprocess = postprocess_with(card.postprocess, postprocess_values)
     resolve_device(device)
     return SegmentOptions(model=model, mpp=mpp, tiling=tiling, export=export,
-                          postprocess=postprocess, device=device, amp=amp)
+                          postprocess=postprocess, device=device, amp=amp, tta=tta)
 
 
 @main.command("models")

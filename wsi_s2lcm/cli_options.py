@@ -136,6 +136,9 @@ _SEGMENTATION_OPTIONS = (
                  help="Mixed precision: float16 on CUDA, bfloat16 on the CPU. Default: on with "
                       "CUDA and on CPUs with bfloat16 instructions (AMX, AVX512-BF16), off "
                       "elsewhere."),
+    click.option("--tta", is_flag=True,
+                 help="Test-time augmentation: average the network over the 8 rotations and "
+                      "mirror images of each tile; 8 times the inference time (docs/SEGMENT.md)."),
     click.option("--no-tissue-mask", is_flag=True, help="Segment every tile, tissue or not."),
     click.option("--format", "fmt", type=click.Choice(["geojson", "geojson.gz"]),
                  default="geojson", show_default=True, help="GeoJSON output format."),

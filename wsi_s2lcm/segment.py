@@ -52,6 +52,7 @@ class SegmentOptions:
     postprocess: PostprocessConfig | None = None
     device: str = "auto"
     amp: bool | None = None
+    tta: bool = False
     predictor_spec: Any = None
 
     def arguments(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def segment_slide(
     postprocess: PostprocessConfig | None = None,
     device: str = "auto",
     amp: bool | None = None,
+    tta: bool = False,
     dispatcher: Any = None,
     predictor_spec: PredictorSpec | None = None,
     progress: bool = False,
@@ -97,6 +99,9 @@ def segment_slide(
         Mixed precision (float16 on CUDA, bfloat16 on the CPU); ``None`` decides on the machine
         that calls this: on with CUDA or a CPU with bfloat16 instructions
         (:func:`wsi_s2lcm.predictor.resolve_amp`). The summary records the choice.
+    tta
+        Average the network's probabilities over the 8 rotations and mirror images of each tile
+        (8 times the inference time); ignored with ``predictor_spec``.
     dispatcher
         A :class:`wsi_s2lcm.dispatch.Dispatcher`; tasks run in the calling thread when ``None``.
     predictor_spec
@@ -128,7 +133,7 @@ def segment_slide(
         model_dir, card = _model(model, predictor_spec)
         spec = predictor_spec or ModelSpec(
             str(model_dir), device, cpu_threads=cpu_threads or _threads_per_worker(dispatcher),
-            amp=resolve_amp(resolve_device(device), amp),
+            amp=resolve_amp(resolve_device(device), amp), tta=tta,
         )
         model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
         post = _postprocess(card, postprocess)
@@ -204,14 +209,17 @@ def segment_slide(
 def run_settings(options: SegmentOptions) -> dict[str, Any]:
     """The settings that decide a run's nuclei, as :func:`summary_settings` reads them back.
 
-    The model's name, the tiling, the post-processing (the card's, unless overridden) and which
-    outputs are written: a later run with the same settings would write the same outputs.
+    The model's name, the tiling, the post-processing (the card's, unless overridden), test-time
+    augmentation and which outputs are written: a later run with the same settings would write
+    the same outputs.
     """
     _, card = _model(options.model, options.predictor_spec)
     return _comparable({
         "model": card.name if card else None,
         "tiling": dataclasses.asdict(options.tiling),
         "postprocess": dataclasses.asdict(_postprocess(card, options.postprocess)),
+        "tta": bool(getattr(options.predictor_spec, "tta", False) if options.predictor_spec
+                    else options.tta),
         "export": _export_settings(dataclasses.asdict(options.export)),
     })
 
@@ -224,6 +232,7 @@ def summary_settings(summary: dict[str, Any]) -> dict[str, Any]:
         "model": card.get("name"),
         "tiling": config.get("tiling"),
         "postprocess": config.get("postprocess"),
+        "tta": bool(config.get("tta", False)),
         "export": _export_settings(config.get("export") or {}),
     })
 
@@ -352,6 +361,7 @@ def _summary(
             "postprocess": dataclasses.asdict(job.postprocess),
             "export": dataclasses.asdict(export),
             "predictor": repr(job.predictor),
+            "tta": bool(getattr(job.predictor, "tta", False)),
         },
         "versions": _versions(),
     }
