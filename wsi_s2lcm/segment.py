@@ -218,8 +218,7 @@ def run_settings(options: SegmentOptions) -> dict[str, Any]:
         "model": card.name if card else None,
         "tiling": dataclasses.asdict(options.tiling),
         "postprocess": dataclasses.asdict(_postprocess(card, options.postprocess)),
-        "tta": bool(getattr(options.predictor_spec, "tta", False) if options.predictor_spec
-                    else options.tta),
+        "tta": _spec_tta(options.predictor_spec) if options.predictor_spec else options.tta,
         "export": _export_settings(dataclasses.asdict(options.export)),
     })
 
@@ -235,6 +234,11 @@ def summary_settings(summary: dict[str, Any]) -> dict[str, Any]:
         "tta": bool(config.get("tta", False)),
         "export": _export_settings(config.get("export") or {}),
     })
+
+
+def _spec_tta(spec: Any) -> bool:
+    """Whether a predictor spec averages over orientations (specs without ``tta`` do not)."""
+    return bool(getattr(spec, "tta", False))
 
 
 def _export_settings(export: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +365,7 @@ def _summary(
             "postprocess": dataclasses.asdict(job.postprocess),
             "export": dataclasses.asdict(export),
             "predictor": repr(job.predictor),
-            "tta": bool(getattr(job.predictor, "tta", False)),
+            "tta": _spec_tta(job.predictor),
         },
         "versions": _versions(),
     }
