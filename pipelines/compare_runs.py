@@ -19,13 +19,12 @@ Nothing is trained or evaluated here. Usage (from the project root)::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from reproduce_table import RESULT_FILE, ROWS_FILE, TARGETS, Table, load_table
+from reproduce_table import RESULT_FILE, ROWS_FILE, TARGETS, Table, collect_results, load_table
 
 from wsi_s2lcm.errors import ConfigError
 
@@ -48,8 +47,7 @@ def read_runs(folders: Sequence[Path], table: Table) -> dict[str, dict[str, dict
         if not folder.is_dir():
             raise ConfigError(f"{folder}: no such table folder; name folders that "
                               "pipelines/reproduce_table.py wrote (for example runs/table).")
-        found = {row.name: json.loads((folder / row.name / RESULT_FILE).read_text("utf-8"))
-                 for row in table.rows if (folder / row.name / RESULT_FILE).is_file()}
+        found = {result["row"]: result for result in collect_results(table, folder)}
         if not found:
             raise ConfigError(f"{folder}: no {RESULT_FILE} of any row; run "
                               "pipelines/reproduce_table.py for it first.")
