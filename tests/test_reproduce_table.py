@@ -176,23 +176,38 @@ def test_markdown_flags_a_component_that_makes_things_worse(table_module, table)
     assert widths == {14}  # 13 columns in every line, the paper anchors included
 
 
-def _small_split(tmp_path: Path) -> Path:
+def _small_split(folder: Path) -> Path:
     """2 training images and 1 validation image of the fixed split."""
     split = json.loads((ROOT / "pipelines" / "monuseg_split.json").read_text())
-    split_path = tmp_path / "split.json"
+    split_path = folder / "split.json"
     split_path.write_text(json.dumps({"train": split["train"][:2],
                                       "validation": split["validation"][:1]}))
     return split_path
 
 
-def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys):
-    """Two rows (pce-only; S2L-CM without separation, which needs the s2lcm model) on 2
-    training images and 1 validation image, one epoch of 64 px crops per stage."""
-    out = tmp_path / "table"
-    argv = ["--quick", "--rows", "pce-only,postproc-no-separate", "--split",
-            str(_small_split(tmp_path)), "--data", str(monuseg_dir), "--out", str(out),
-            "--threads", "1"]
+def _quick_args(split: Path, monuseg_dir: Path, rows: str = "pce-only") -> list[str]:
+    """A --quick run of ``rows`` on the small split, on the CI machine's 2 cores."""
+    return ["--quick", "--rows", rows, "--split", str(split), "--data", str(monuseg_dir),
+            "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def quick_table(table_module, monuseg_dir, tmp_path_factory):
+    """One smoke run of two rows (pce-only; S2L-CM without separation, which needs the s2lcm
+    model) on 2 training images and 1 validation image, one epoch of 64 px crops per stage.
+
+    The tests below read it and copy from it, never change it: its warm-up is the finished
+    table that --adopt-default and --warmups-from take in. Returns the folder and its argv.
+    """
+    folder = tmp_path_factory.mktemp("quick-table")
+    argv = _quick_args(_small_split(folder), monuseg_dir, "pce-only,postproc-no-separate")
+    argv += ["--out", str(folder / "table")]
     assert table_module.main(argv) == 0
+    return folder / "table", argv
+
+
+def test_quick_run_writes_the_table(table_module, quick_table, capsys):
+    out, argv = quick_table
     with open(out / "results.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["row"] for r in rows] == ["pce-only", "postproc-no-separate"]
@@ -204,29 +219,28 @@ def test_quick_run_writes_the_table(table_module, monuseg_dir, tmp_path, capsys)
     assert 0.0 <= float(rows[0]["last_aji"]) <= 1.0 and rows[0]["last_epoch"] == "1"
     assert rows[1]["last_aji"] == ""  # an evaluation row has no training of its own
     assert float(rows[0]["train_s"]) > 0
+    for folder in ("scribbles-r0.5-s0", "warmup-r0.5", "pce-only", "s2lcm"):
+        assert (out / folder).is_dir(), folder
+    assert (out / "scribbles-r0.5-s0" / "scribbles.json").is_file()
+    result = out / "pce-only" / "result.json"
+    stamp = result.stat().st_mtime_ns
+    capsys.readouterr()
+    assert table_module.main(argv) == 0  # done rows are skipped
+    assert result.stat().st_mtime_ns == stamp
     printed = capsys.readouterr().out
     assert printed == (out / "results.md").read_text(encoding="utf-8")
     assert "| pce-only | pCE only | 0.50 | " in printed and "0.6408" in printed
     assert "0.7014" in printed and "SMOKE RUN" in printed
     assert "Model resolution: 0.25 µm/px" in printed
     assert "| pce-only | 1 | " in printed  # the last-epoch table
-    for folder in ("scribbles-r0.5-s0", "warmup-r0.5", "pce-only", "s2lcm"):
-        assert (out / folder).is_dir(), folder
-    assert (out / "scribbles-r0.5-s0" / "scribbles.json").is_file()
-    result = out / "pce-only" / "result.json"
-    stamp = result.stat().st_mtime_ns
-    assert table_module.main(argv) == 0  # done rows are skipped
-    assert result.stat().st_mtime_ns == stamp
 
 
 def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_module, monuseg_dir,
-                                                                        tmp_path):
+                                                                        quick_table, tmp_path):
     """--adopt-default copies a finished warm-up in instead of training it, and refuses one
     trained with another config."""
-    base = ["--quick", "--rows", "pce-only", "--split", str(_small_split(tmp_path)), "--data",
-            str(monuseg_dir), "--threads", "1"]
-    first = tmp_path / "first"
-    assert table_module.main(base + ["--out", str(first)]) == 0
+    first = quick_table[0]
+    base = _quick_args(_small_split(tmp_path), monuseg_dir)
     runs = tmp_path / "runs"
     shutil.copytree(first / "warmup-r0.5", runs / "default-model-warmup")
     card_path = runs / "default-model-warmup" / "last" / "card.json"
@@ -254,13 +268,11 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
 
 
 def test_second_stage_seed_reuses_the_warmup_of_another_table(table_module, monuseg_dir,
-                                                              tmp_path):
+                                                              quick_table, tmp_path):
     """--second-stage-seed trains the second stage from its seed on a copy of the warm-up of
     --warmups-from, and refuses to start when that folder holds no finished warm-up."""
-    base = ["--quick", "--rows", "pce-only", "--split", str(_small_split(tmp_path)), "--data",
-            str(monuseg_dir), "--threads", "1"]
-    first = tmp_path / "first"
-    assert table_module.main(base + ["--out", str(first)]) == 0
+    first = quick_table[0]
+    base = _quick_args(_small_split(tmp_path), monuseg_dir)
     missing = tmp_path / "missing"
     assert table_module.main(base + ["--second-stage-seed", "1", "--warmups-from",
                                      str(tmp_path / "none"), "--out", str(missing)]) == 2
