@@ -197,17 +197,19 @@ def quick_table(table_module, monuseg_dir, tmp_path_factory):
     model) on 2 training images and 1 validation image, one epoch of 64 px crops per stage.
 
     The tests below read it and copy from it, never change it: its warm-up is the finished
-    table that --adopt-default and --warmups-from take in. Returns the folder and its argv.
+    table that --adopt-default and --warmups-from take in. Returns the table folder, its argv
+    and its split file.
     """
     folder = tmp_path_factory.mktemp("quick-table")
-    argv = _quick_args(_small_split(folder), monuseg_dir, "pce-only,postproc-no-separate")
+    split = _small_split(folder)
+    argv = _quick_args(split, monuseg_dir, "pce-only,postproc-no-separate")
     argv += ["--out", str(folder / "table")]
     assert table_module.main(argv) == 0
-    return folder / "table", argv
+    return folder / "table", argv, split
 
 
 def test_quick_run_writes_the_table(table_module, quick_table, capsys):
-    out, argv = quick_table
+    out, argv, _ = quick_table
     with open(out / "results.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["row"] for r in rows] == ["pce-only", "postproc-no-separate"]
@@ -239,8 +241,8 @@ def test_default_model_stages_are_adopted_only_when_they_are_the_recipe(table_mo
                                                                         quick_table, tmp_path):
     """--adopt-default copies a finished warm-up in instead of training it, and refuses one
     trained with another config."""
-    first = quick_table[0]
-    base = _quick_args(_small_split(tmp_path), monuseg_dir)
+    first, _, split = quick_table
+    base = _quick_args(split, monuseg_dir)
     runs = tmp_path / "runs"
     shutil.copytree(first / "warmup-r0.5", runs / "default-model-warmup")
     card_path = runs / "default-model-warmup" / "last" / "card.json"
@@ -271,8 +273,8 @@ def test_second_stage_seed_reuses_the_warmup_of_another_table(table_module, monu
                                                               quick_table, tmp_path):
     """--second-stage-seed trains the second stage from its seed on a copy of the warm-up of
     --warmups-from, and refuses to start when that folder holds no finished warm-up."""
-    first = quick_table[0]
-    base = _quick_args(_small_split(tmp_path), monuseg_dir)
+    first, _, split = quick_table
+    base = _quick_args(split, monuseg_dir)
     missing = tmp_path / "missing"
     assert table_module.main(base + ["--second-stage-seed", "1", "--warmups-from",
                                      str(tmp_path / "none"), "--out", str(missing)]) == 2
