@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +21,7 @@ from wsi_s2lcm.errors import ConfigError, ModelError
 DEFAULT_MODEL = "s2lcm-monuseg"
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
-CARD_FORMAT = 1
+CARD_FORMAT = 2
 _SHIPPED_DIR = Path(__file__).parent / "weights"
 
 
@@ -48,8 +49,12 @@ class ModelCard:
         Licence of the weights (they inherit their training data's terms).
     version : str
         Version of wsi-s2lcm that wrote the card.
+    nucleus_area_um2 : float
+        Reference nucleus area of the reading zoom (:mod:`wsi_s2lcm.zoom`): slides whose
+        median nucleus is smaller are read enlarged; 0 (cards of format 1) reads every slide
+        as it is.
     format : int
-        Card format version.
+        Card format version (2 added ``nucleus_area_um2``).
     """
 
     name: str
@@ -61,11 +66,13 @@ class ModelCard:
     metrics: dict = dataclasses.field(default_factory=dict)
     licence: str = ""
     version: str = ""
+    nucleus_area_um2: float = 0.0
     format: int = CARD_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the card as a JSON-serializable dictionary."""
-        return dataclasses.asdict(self)
+        """Return the card as a JSON-serializable dictionary, in this version's card format
+        (it holds every field, so a card read in an older format is written in this one)."""
+        return {**dataclasses.asdict(self), "format": CARD_FORMAT}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "card") -> "ModelCard":
@@ -93,6 +100,9 @@ class ModelCard:
             raise ModelError(
                 f"{where}: normalization needs a mean and a std, not {normalization!r}."
             )
+        area = values.get("nucleus_area_um2", 0.0)
+        if not isinstance(area, (int, float)) or not 0 <= area < math.inf:
+            raise ModelError(f"{where}: nucleus_area_um2 must be a number >= 0, not {area!r}.")
         postprocess = values.get("postprocess") or {}
         try:
             from_mapping(PostprocessConfig, postprocess, f"{where}: postprocess")
