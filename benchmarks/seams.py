@@ -2,7 +2,8 @@
 
 1. CMU-1-Small-Region segmented with ``--tile-size 256`` and ``--tile-size 1024``: nuclei matched
    one to one at IoU >= 0.5, and pairs of polygons overlapping with IoU > 0.2 within each run.
-2. A MoNuSeg image tiled (256 px) against one untiled pass of the network.
+2. A MoNuSeg image tiled (256 px) against one untiled pass of the network, at the reading zoom
+   the tiled run chose (docs/SEGMENT.md, *The reading zoom*).
 
 Usage::
 
@@ -89,15 +90,16 @@ def main() -> None:
     model = load_model()
     mpp = model.card.mpp
     size = round(1000 * 0.25 / mpp)  # the 1000 x 1000 MoNuSeg images at the model's mpp
-    predictor = TorchPredictor(model, device="cpu", amp=amp)
     post = PostprocessConfig(**model.card.postprocess)
     tiling = TilingConfig(tile_size=256, overlap=96, tissue_mask=False)
     rows = []
     for image in sorted(MONUSEG.glob("*.tif"))[:6]:
         out = args.out / "monuseg"
-        segment_slide(image, out, mpp=0.25, tiling=tiling,
-                      export=ExportConfig(overlay=False, overwrite=True), amp=amp)
+        summary = segment_slide(image, out, mpp=0.25, tiling=tiling,
+                                export=ExportConfig(overlay=False, overwrite=True), amp=amp)
         tiled = labels_of(out / f"{image.stem}.zarr")
+        zoom = summary["zoom"]["zoom"]
+        predictor = TorchPredictor(model, device="cpu", amp=amp, zoom=zoom)
         margin = tiling.margin
         with open_slide(image, mpp=0.25) as source:
             rgb = source.read(-margin, -margin, size + 2 * margin, size + 2 * margin, mpp)
@@ -105,7 +107,7 @@ def main() -> None:
         untiled = drop_false_objects(instances_from_probability(probability, post, mpp), rgb,
                                  probability, post, mpp)[margin:-margin, margin:-margin]
         a, b, pairs = matched(tiled, untiled)
-        rows.append({"image": image.stem, "tiled": a, "untiled": b, "matched": pairs,
+        rows.append({"image": image.stem, "zoom": zoom, "tiled": a, "untiled": b, "matched": pairs,
                      "fraction": round(pairs / max(a, b), 4)})
     figures["monuseg_tiled256_vs_untiled"] = rows
     sys.stdout.write(json.dumps(figures, indent=1) + "\n")

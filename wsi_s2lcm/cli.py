@@ -192,6 +192,7 @@ def _segment_options(
     device: str,
     amp: bool | None,
     tta: bool,
+    zoom: str,
     no_tissue_mask: bool,
     fmt: str,
     no_labels: bool,
@@ -223,7 +224,24 @@ def _segment_options(
         postprocess = postprocess_with(card.postprocess, postprocess_values)
     resolve_device(device)
     return SegmentOptions(model=model, mpp=mpp, tiling=tiling, export=export,
-                          postprocess=postprocess, device=device, amp=amp, tta=tta)
+                          postprocess=postprocess, device=device, amp=amp, tta=tta,
+                          zoom=_zoom_option(zoom))
+
+
+def _zoom_option(value: str) -> float | None:
+    """``--zoom``: None for ``auto``, else the factor, checked."""
+    from wsi_s2lcm.zoom import check_zoom
+
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        factor = float(value)
+    except ValueError:
+        raise ConfigError(f"--zoom {value!r} must be auto or a number from 1 to 4.") from None
+    try:
+        return check_zoom(factor)
+    except ConfigError as error:
+        raise ConfigError(f"--zoom: {error}") from None
 
 
 @main.command("models")

@@ -139,6 +139,10 @@ _SEGMENTATION_OPTIONS = (
     click.option("--tta", is_flag=True,
                  help="Test-time augmentation: average the network over the 8 rotations and "
                       "mirror images of each tile; 8 times the inference time (docs/SEGMENT.md)."),
+    click.option("--zoom", default="auto", show_default=True, metavar="auto|F",
+                 help="Enlarge each tile F times (1 to 4) before the network; auto: chosen per "
+                      "slide from its median nucleus area when the model's card records a "
+                      "reference area, so small nuclei are seen larger (docs/SEGMENT.md)."),
     click.option("--no-tissue-mask", is_flag=True, help="Segment every tile, tissue or not."),
     click.option("--format", "fmt", type=click.Choice(["geojson", "geojson.gz"]),
                  default="geojson", show_default=True, help="GeoJSON output format."),

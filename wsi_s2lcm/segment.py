@@ -53,6 +53,7 @@ class SegmentOptions:
     device: str = "auto"
     amp: bool | None = None
     tta: bool = False
+    zoom: float | None = None
     predictor_spec: Any = None
 
     def arguments(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def segment_slide(
     device: str = "auto",
     amp: bool | None = None,
     tta: bool = False,
+    zoom: float | None = None,
     dispatcher: Any = None,
     predictor_spec: PredictorSpec | None = None,
     progress: bool = False,
@@ -102,6 +104,11 @@ def segment_slide(
     tta
         Average the network's probabilities over the 8 rotations and mirror images of each tile
         (8 times the inference time); ignored with ``predictor_spec``.
+    zoom
+        Enlarge each tile by this factor before the network (:mod:`wsi_s2lcm.zoom`); ``None``
+        chooses it from the median nucleus area of a sample of tiles read without it, when
+        the model's card records a reference area (:func:`choose_zoom`), and reads tiles as
+        they are otherwise. Ignored with ``predictor_spec``.
     dispatcher
         A :class:`wsi_s2lcm.dispatch.Dispatcher`; tasks run in the calling thread when ``None``.
     predictor_spec
@@ -122,6 +129,10 @@ def segment_slide(
     from wsi_s2lcm.slide import check_readable, open_slide
     from wsi_s2lcm.tissue import tissue_mask
 
+    from wsi_s2lcm.zoom import check_zoom
+
+    if zoom is not None:
+        check_zoom(zoom)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     paths = OutputPaths.for_slide(slide_path, out_dir, export)
@@ -134,6 +145,7 @@ def segment_slide(
         spec = predictor_spec or ModelSpec(
             str(model_dir), device, cpu_threads=cpu_threads or _threads_per_worker(dispatcher),
             amp=resolve_amp(resolve_device(device), amp), tta=tta,
+            zoom=1.0 if zoom is None else zoom,
         )
         model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
         post = _postprocess(card, postprocess)
@@ -153,6 +165,14 @@ def segment_slide(
         tissue = tissue_mask(slide) if tiling.tissue_mask else None
         tiles = [t for t in tile_grid(width, height, tiling) if _has_tissue(t, tissue, job.scale)]
         timings["plan"] = time.perf_counter() - started
+        zoom_record = None
+        if zoom is None and predictor_spec is None and card.nucleus_area_um2 > 0:
+            zoom_started = time.perf_counter()
+            zoom_record = choose_zoom(job, tissue, card.nucleus_area_um2)
+            job = dataclasses.replace(
+                job, predictor=dataclasses.replace(spec, zoom=zoom_record["zoom"])
+            )
+            timings["zoom"] = time.perf_counter() - zoom_started
         logger.info(
             "%s: %d x %d px at %.3f µm/px -> %d x %d at %.3f, %d tiles with tissue",
             slide_path, *slide.dimensions, slide.mpp, width, height, model_mpp, len(tiles),
@@ -185,6 +205,10 @@ def segment_slide(
         summary = _summary(
             slide, card, job, tiling, export, tissue, len(tiles), writer, large, dropped
         )
+        summary["zoom"] = {
+            **(zoom_record or {"zoom": _spec_zoom(job.predictor), "chosen": False}),
+            "asked": zoom,
+        }
         finish_started = time.perf_counter()
         writer.finish()
         timings["finish"] = time.perf_counter() - finish_started
@@ -210,8 +234,8 @@ def run_settings(options: SegmentOptions) -> dict[str, Any]:
     """The settings that decide a run's nuclei, as :func:`summary_settings` reads them back.
 
     The model's name, the tiling, the post-processing (the card's, unless overridden), test-time
-    augmentation and which outputs are written: a later run with the same settings would write
-    the same outputs.
+    augmentation, the zoom asked for with the card's reference area, and which outputs are
+    written: a later run with the same settings would write the same outputs.
     """
     _, card = _model(options.model, options.predictor_spec)
     return _comparable({
@@ -219,6 +243,8 @@ def run_settings(options: SegmentOptions) -> dict[str, Any]:
         "tiling": dataclasses.asdict(options.tiling),
         "postprocess": dataclasses.asdict(_postprocess(card, options.postprocess)),
         "tta": _spec_tta(options.predictor_spec) if options.predictor_spec else options.tta,
+        "zoom": {"asked": None if options.predictor_spec else options.zoom,
+                 "nucleus_area_um2": card.nucleus_area_um2 if card else 0.0},
         "export": _export_settings(dataclasses.asdict(options.export)),
     })
 
@@ -232,6 +258,8 @@ def summary_settings(summary: dict[str, Any]) -> dict[str, Any]:
         "tiling": config.get("tiling"),
         "postprocess": config.get("postprocess"),
         "tta": bool(config.get("tta", False)),
+        "zoom": {"asked": (summary.get("zoom") or {}).get("asked"),
+                 "nucleus_area_um2": card.get("nucleus_area_um2", 0.0)},
         "export": _export_settings(config.get("export") or {}),
     })
 
@@ -239,6 +267,61 @@ def summary_settings(summary: dict[str, Any]) -> dict[str, Any]:
 def _spec_tta(spec: Any) -> bool:
     """Whether a predictor spec averages over orientations (specs without ``tta`` do not)."""
     return bool(getattr(spec, "tta", False))
+
+
+def _spec_zoom(spec: Any) -> float:
+    """The zoom of a predictor spec (1 for specs without one)."""
+    return float(getattr(spec, "zoom", 1.0))
+
+
+#: The sample that measures a slide's nuclei for :func:`choose_zoom`: at most this many windows
+#: of :data:`ZOOM_SAMPLE_SIZE` pixels (at the model's resolution) on tissue.
+ZOOM_SAMPLE_WINDOWS = 8
+ZOOM_SAMPLE_SIZE = 512
+
+
+def choose_zoom(job: TileJob, tissue: Any, reference_area_um2: float) -> dict[str, Any]:
+    """Choose a slide's reading zoom from the nuclei of a sample of it.
+
+    The sample is up to :data:`ZOOM_SAMPLE_WINDOWS` windows spread evenly over a grid of
+    :data:`ZOOM_SAMPLE_SIZE`-pixel windows on tissue, the same whatever the run's tiling, so
+    that runs with different tile sizes choose the same zoom. The windows are segmented in
+    this process with ``job`` as it stands (zoom 1), and the median area of the nuclei they
+    own gives the zoom (:func:`wsi_s2lcm.zoom.zoom_for_nuclei`).
+
+    Returns
+    -------
+    dict
+        ``zoom``, ``chosen`` (True), ``median_nucleus_area_um2`` (None without nuclei),
+        ``nucleus_area_um2`` (the reference), ``sample_windows`` and ``sample_nuclei``.
+    """
+    import numpy as np
+
+    from wsi_s2lcm.zoom import zoom_for_nuclei
+
+    windows = TilingConfig(tile_size=ZOOM_SAMPLE_SIZE, overlap=0, context=job.context)
+    tiles = [t for t in tile_grid(job.width, job.height, windows)
+             if _has_tissue(t, tissue, job.scale)]
+    step = max(1, len(tiles) // ZOOM_SAMPLE_WINDOWS)
+    sample = tiles[step // 2::step][:ZOOM_SAMPLE_WINDOWS]
+    areas = []
+    for tile in sample:
+        (result,) = process_tiles([tile], job)
+        counts = np.bincount(result.labels.ravel())[1:]
+        areas.append(counts[counts > 0])
+    areas_px = np.concatenate(areas) if areas else np.zeros(0)
+    median = float(np.median(areas_px)) * job.model_mpp ** 2 if areas_px.size else None
+    zoom = zoom_for_nuclei(median or 0.0, reference_area_um2)
+    logger.info("%s: median nucleus %s µm² in %d sample windows -> tiles enlarged %gx",
+                job.slide_path, f"{median:.1f}" if median else "(none)", len(sample), zoom)
+    return {
+        "zoom": zoom,
+        "chosen": True,
+        "median_nucleus_area_um2": round(median, 2) if median else None,
+        "nucleus_area_um2": reference_area_um2,
+        "sample_windows": len(sample),
+        "sample_nuclei": int(areas_px.size),
+    }
 
 
 def _export_settings(export: dict[str, Any]) -> dict[str, Any]:
