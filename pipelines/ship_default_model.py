@@ -17,6 +17,9 @@ calibrated here first, with the held-out images and scribble files their card re
 threshold to what is calibrated: docs/TRAINING.md). ``--postprocess KEY=VALUE`` sets a
 post-processing value on the card first, so that the calibration and the figures use it (the
 eleventh session set the confidence floor ``min_mean_probability=0.75`` this way: docs/MODEL.md).
+``--calibrate-zoom`` then chooses the card's reference nucleus area for the reading zoom on the
+same held-out scribbles (``wsi_s2lcm.training.zoom_calibration``; docs/MODEL.md, *The reading
+zoom*), so that the figures are those of ``wsi-s2lcm segment`` with its default ``--zoom auto``.
 
 After a change to segmentation, a shipped model is re-evaluated the same way from its own folder
 (its float16 weights are read and written back unchanged; only the card's figures and
@@ -45,6 +48,7 @@ from wsi_s2lcm.training.calibrate import calibrate_model, ensure_calibrated
 from wsi_s2lcm.training.config import load_train_config
 from wsi_s2lcm.training.dataset import load_pair, pair_files
 from wsi_s2lcm.training.records import recorded_folders
+from wsi_s2lcm.training.zoom_calibration import calibrate_zoom
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
@@ -86,22 +90,24 @@ def calibrate_held_out(model_dir: Path, again: bool = False) -> None:
     Models trained before the trainer calibrated them have no record; this runs the same
     calibration on the held-out images and scribble files that training used.
     """
+    config = load_train_config(None, read_card(model_dir).training["config"])
+    heights, thresholds = config.separation_heights_um, config.separation_thresholds
+    if again:
+        calibrate_model(model_dir, held_out_images(model_dir), heights, thresholds)
+    else:
+        ensure_calibrated(model_dir, lambda: held_out_images(model_dir), heights, thresholds)
+
+
+def held_out_images(model_dir: Path) -> list:
+    """The held-out images and scribbles that the model's card records, loaded for calibration."""
     card = read_card(model_dir)
     data = card.training["data"]
     config = load_train_config(None, card.training["config"])
-
-    def images() -> list:
-        pairs = pair_files([ROOT / f for f in recorded_folders(data, "images")],
-                           [ROOT / f for f in recorded_folders(data, "scribbles")],
-                           data["validation"])
-        return [item for stem, image, scribbles in pairs
-                for item in load_pair(stem, image, scribbles, data["image_mpp"], config)]
-
-    heights, thresholds = config.separation_heights_um, config.separation_thresholds
-    if again:
-        calibrate_model(model_dir, images(), heights, thresholds)
-    else:
-        ensure_calibrated(model_dir, images, heights, thresholds)
+    pairs = pair_files([ROOT / f for f in recorded_folders(data, "images")],
+                       [ROOT / f for f in recorded_folders(data, "scribbles")],
+                       data["validation"])
+    return [item for stem, image, scribbles in pairs
+            for item in load_pair(stem, image, scribbles, data["image_mpp"], config)]
 
 
 def main() -> None:
@@ -113,6 +119,9 @@ def main() -> None:
                         help="calibrate the threshold and separation again on held-out scribbles")
     parser.add_argument("--postprocess", action="append", default=[], metavar="KEY=VALUE",
                         help="set a post-processing value on the card before calibrating")
+    parser.add_argument("--calibrate-zoom", action="store_true",
+                        help="choose the reference nucleus area of the reading zoom on the "
+                             "held-out scribbles, after the separation")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.postprocess:
@@ -121,6 +130,8 @@ def main() -> None:
         card = dataclasses.replace(card, postprocess=dataclasses.asdict(postprocess))
         write_card(args.model, card)
     calibrate_held_out(args.model, args.recalibrate)
+    if args.calibrate_zoom:
+        calibrate_zoom(args.model, held_out_images(args.model))
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         figures = validation_figures(args.model, Path(scratch))

@@ -1,0 +1,167 @@
+"""The reading zoom: choosing it from nucleus sizes, applying it, calibrating its reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from wsi_s2lcm.cli import main
+from wsi_s2lcm.config import PostprocessConfig
+from wsi_s2lcm.errors import ConfigError
+from wsi_s2lcm.models import load_model, read_card, resolve_model
+from wsi_s2lcm.predictor import TorchPredictor
+from wsi_s2lcm.segment import SegmentOptions, run_settings, summary_settings
+from wsi_s2lcm.training.zoom_calibration import calibrate_reference_area
+from wsi_s2lcm.zoom import (
+    MAX_ZOOM, check_zoom, enlarge_batch, shrink_probabilities, zoom_for_nuclei,
+)
+
+
+def test_the_zoom_brings_the_median_nucleus_up_to_the_reference_in_steps():
+    # sqrt(36 / 16) = 1.5 exactly; sqrt(36 / 20) = 1.34 rounds down to 1.25
+    assert zoom_for_nuclei(16.0, 36.0) == 1.5
+    assert zoom_for_nuclei(20.0, 36.0) == 1.25
+    # nuclei as large as the reference or larger are read as they are
+    assert zoom_for_nuclei(36.0, 36.0) == 1.0
+    assert zoom_for_nuclei(100.0, 36.0) == 1.0
+    # tiny nuclei are enlarged at most MAX_ZOOM times
+    assert zoom_for_nuclei(1.0, 36.0) == MAX_ZOOM
+    # no reference, or nothing measured: no zoom
+    assert zoom_for_nuclei(16.0, 0.0) == 1.0
+    assert zoom_for_nuclei(0.0, 36.0) == 1.0
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.0, 5.0, float("nan")])
+def test_a_zoom_outside_1_to_4_is_refused(bad):
+    with pytest.raises(ConfigError, match="between 1"):
+        check_zoom(bad)
+
+
+def test_enlarging_and_shrinking_keep_the_size_and_a_smooth_map():
+    batch = np.zeros((2, 40, 30, 3), dtype=np.uint8)
+    assert enlarge_batch(batch, 1.5).shape == (2, 60, 45, 3)
+    y, x = np.mgrid[0:60, 0:45]
+    smooth = np.stack([(x / 45.0).astype(np.float32), (y / 60.0).astype(np.float32)])
+    back = shrink_probabilities(smooth, 40, 30)
+    assert back.shape == (2, 40, 30) and back.dtype == np.float32
+    # each output pixel averages the enlarged pixels it covers: about the ramp at its centre
+    # (within a tenth of the ramp's step of 1 / 30 per output pixel)
+    expected_x = (np.arange(30) + 0.5) * 1.5 / 45.0 - 0.5 / 45.0
+    assert np.abs(back[0, :] - expected_x).max() < 0.1 / 30
+    expected_y = (np.arange(40) + 0.5) * 1.5 / 60.0 - 0.5 / 60.0
+    assert np.abs(back[1, :, 0] - expected_y).max() < 0.1 / 40
+
+
+def test_the_predictor_enlarges_runs_the_network_and_shrinks_back(untrained_model):
+    model = load_model(untrained_model)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, size=(2, 50, 70, 3), dtype=np.uint8)
+    zoomed = TorchPredictor(model, device="cpu", amp=False, zoom=1.5)(batch)
+    assert zoomed.shape == (2, 50, 70) and zoomed.dtype == np.float32
+    plain = TorchPredictor(model, device="cpu", amp=False)
+    by_hand = shrink_probabilities(plain(enlarge_batch(batch, 1.5)), 50, 70)
+    assert np.abs(zoomed - by_hand).max() < 1e-5
+    assert np.abs(zoomed - plain(batch)).max() > 1e-3
+
+
+def _pair_image(gap: int) -> np.ndarray:
+    """Probability of two 8 x 8 squares side by side, ``gap`` pixels apart (0: one object)."""
+    probability = np.zeros((40, 40), dtype=np.float32)
+    probability[16:24, 8:16] = 1.0
+    probability[16:24, 16 + gap:24 + gap] = 1.0
+    return probability
+
+
+def test_calibration_keeps_the_smallest_area_whose_zoom_splits_the_merged_pair():
+    """A fake network merges two nuclei unless the image is enlarged at least 1.5 times."""
+    image = np.full((40, 40, 3), 128, dtype=np.uint8)
+    ids = np.zeros((40, 40), dtype=np.int32)
+    ids[20, 10:13] = 1
+    ids[20, 21:24] = 2
+    asked = []
+
+    def predict(image: np.ndarray, zoom: float) -> np.ndarray:
+        asked.append(zoom)
+        return _pair_image(2 if zoom >= 1.5 else 0)
+
+    config = PostprocessConfig(separate=False, fill_holes=False, min_area_um2=0.0,
+                               min_hematoxylin_contrast=0.0, drop_green=False,
+                               min_mean_probability=0.0)
+    # at zoom 1 the one object is 128 px of 1 µm² each: 128 µm²
+    area, table = calibrate_reference_area([image], [ids], predict, config, 1.0,
+                                           (0.0, 200.0, 288.0, 400.0))
+    rows = {row["nucleus_area_um2"]: row for row in table}
+    assert rows[0.0]["zooms"] == [1.0] and rows[0.0]["merged"] == 1
+    assert rows[200.0]["zooms"] == [1.25] and rows[200.0]["merged"] == 1
+    assert rows[288.0]["zooms"] == [1.5] and rows[288.0]["merged"] == 0
+    assert rows[400.0]["zooms"] == [1.75] and rows[400.0]["merged"] == 0
+    assert area == 288.0
+    # each zoom is predicted once
+    assert sorted(asked) == [1.0, 1.25, 1.5, 1.75]
+
+
+@pytest.mark.parametrize(("stem", "zoomed"), [("TCGA-HE-7129-01Z-00-DX1", True),
+                                              ("TCGA-DK-A2I6-01A-01-TS1", False)])
+def test_segment_enlarges_packed_small_nuclei_and_not_large_ones(tmp_path, monuseg_dir, stem,
+                                                                 zoomed):
+    """The default model's card has a reference area: a corner of the packed kidney image is
+    enlarged, one of an image of large nuclei is not (measured: median 45 µm² against the
+    reference 37.5), and the summary says why."""
+    reference = read_card(resolve_model(None)).nucleus_area_um2
+    assert reference > 0
+    image = tmp_path / "corner.png"
+    Image.open(monuseg_dir / "images" / f"{stem}.tif").convert("RGB").crop(
+        (0, 0, 512, 512)).save(image)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["segment", str(image), "--out", str(out), "--mpp", "0.25",
+                                       "--workers", "0", "--tile-size", "256", "-q",
+                                       "--no-overlay", "--no-labels"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "corner.json").read_text())["zoom"]
+    assert record["chosen"] is True and record["asked"] is None
+    assert record["nucleus_area_um2"] == reference and record["sample_nuclei"] > 10
+    assert record["zoom"] == zoom_for_nuclei(record["median_nucleus_area_um2"], reference)
+    assert (record["zoom"] > 1) is zoomed
+
+
+def test_an_explicit_zoom_is_used_as_given(tmp_path, monuseg_dir, untrained_model):
+    image = tmp_path / "corner.png"
+    Image.open(monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif").convert("RGB").crop(
+        (0, 0, 160, 160)).save(image)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["segment", str(image), "--out", str(out), "--mpp", "0.25",
+                                       "--model", str(untrained_model), "--workers", "0",
+                                       "--tile-size", "128", "-q", "--zoom", "1.25"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "corner.json").read_text())
+    assert summary["zoom"] == {"zoom": 1.25, "chosen": False, "asked": 1.25}
+    assert "zoom=1.25" in summary["config"]["predictor"]
+    asked = SegmentOptions(model=str(untrained_model), zoom=1.25)
+    assert summary_settings(summary)["zoom"] == run_settings(asked)["zoom"]
+    assert summary_settings(summary)["zoom"] != run_settings(
+        dataclasses.replace(asked, zoom=None))["zoom"]
+
+
+def test_a_resume_compares_the_zoom_and_the_cards_reference_area():
+    auto = run_settings(SegmentOptions())
+    reference = read_card(resolve_model(None)).nucleus_area_um2
+    assert auto["zoom"] == {"asked": None, "nucleus_area_um2": reference}
+    assert run_settings(SegmentOptions(zoom=1.0))["zoom"] != auto["zoom"]
+    # a summary written before the reading zoom, by the same model name: its nuclei differ
+    before = {"model_card": {"name": "s2lcm-monuseg"}, "config": {}}
+    assert summary_settings(before)["zoom"] == {"asked": None, "nucleus_area_um2": 0.0}
+
+
+@pytest.mark.parametrize("value", ["0.5", "big", "9"])
+def test_a_bad_zoom_exits_2_before_any_output(tmp_path, monuseg_dir, value):
+    image = monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif"
+    result = CliRunner().invoke(main, ["segment", str(image), "--out", str(tmp_path / "out"),
+                                       "--mpp", "0.25", "--zoom", value])
+    assert result.exit_code == 2
+    assert "--zoom" in result.output
+    assert not (tmp_path / "out").exists()
