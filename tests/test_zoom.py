@@ -13,12 +13,11 @@ from PIL import Image
 from wsi_s2lcm.cli import main
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.errors import ConfigError
-from wsi_s2lcm.models import load_model, read_card, resolve_model
-from wsi_s2lcm.predictor import TorchPredictor
+from wsi_s2lcm.models import read_card, resolve_model
 from wsi_s2lcm.segment import SegmentOptions, run_settings, summary_settings
 from wsi_s2lcm.training.zoom_calibration import calibrate_reference_area
 from wsi_s2lcm.zoom import (
-    MAX_ZOOM, check_zoom, enlarge_batch, shrink_probabilities, zoom_for_nuclei,
+    MAX_ZOOM, area_weights, check_zoom, enlarged_span, shrink_window, zoom_for_nuclei,
 )
 
 
@@ -42,31 +41,65 @@ def test_a_zoom_outside_1_to_4_is_refused(bad):
         check_zoom(bad)
 
 
-def test_enlarging_and_shrinking_keep_the_size_and_a_smooth_map():
-    batch = np.zeros((2, 40, 30, 3), dtype=np.uint8)
-    assert enlarge_batch(batch, 1.5).shape == (2, 60, 45, 3)
-    y, x = np.mgrid[0:60, 0:45]
-    smooth = np.stack([(x / 45.0).astype(np.float32), (y / 60.0).astype(np.float32)])
-    back = shrink_probabilities(smooth, 40, 30)
-    assert back.shape == (2, 40, 30) and back.dtype == np.float32
-    # each output pixel averages the enlarged pixels it covers: about the ramp at its centre
-    # (within a tenth of the ramp's step of 1 / 30 per output pixel)
-    expected_x = (np.arange(30) + 0.5) * 1.5 / 45.0 - 0.5 / 45.0
-    assert np.abs(back[0, :] - expected_x).max() < 0.1 / 30
-    expected_y = (np.arange(40) + 0.5) * 1.5 / 60.0 - 0.5 / 60.0
-    assert np.abs(back[1, :, 0] - expected_y).max() < 0.1 / 40
+def test_enlarged_windows_start_on_the_networks_grid_and_cover_the_window():
+    for start, count, zoom in [(0, 896, 1.25), (672, 896, 1.25), (-64, 384, 1.125), (5, 7, 1.75)]:
+        first, size = enlarged_span(start, count, zoom)
+        assert first % 32 == 0 and size % 32 == 0
+        assert first <= start * zoom and first + size >= (start + count) * zoom
+        assert first > start * zoom - 32 and first + size < (start + count) * zoom + 32
 
 
-def test_the_predictor_enlarges_runs_the_network_and_shrinks_back(untrained_model):
-    model = load_model(untrained_model)
-    rng = np.random.default_rng(0)
-    batch = rng.integers(0, 256, size=(2, 50, 70, 3), dtype=np.uint8)
-    zoomed = TorchPredictor(model, device="cpu", amp=False, zoom=1.5)(batch)
-    assert zoomed.shape == (2, 50, 70) and zoomed.dtype == np.float32
-    plain = TorchPredictor(model, device="cpu", amp=False)
-    by_hand = shrink_probabilities(plain(enlarge_batch(batch, 1.5)), 50, 70)
-    assert np.abs(zoomed - by_hand).max() < 1e-5
-    assert np.abs(zoomed - plain(batch)).max() > 1e-3
+def test_area_weights_average_each_model_pixels_span():
+    weights = area_weights(3, 5, 1.25, 0, 32)
+    assert weights.shape == (5, 32)
+    assert np.allclose(weights.sum(axis=1), 1.0)
+    # model pixel 3 spans [3.75, 5.0) of the enlarged frame: 0.25 of pixel 3, all of pixel 4
+    assert np.allclose(weights[0, 3:5], [0.2, 0.8]) and weights[0].sum() == pytest.approx(1.0)
+    # a constant map stays constant; a ramp of enlarged pixel centres comes back near the centre
+    # of each model pixel's span (the mean of a staircase, within a fifth of a pixel)
+    ramp = np.tile(np.arange(32, dtype=np.float32) + 0.5, (32, 1))
+    back = shrink_window(ramp, 3, 3, 5, 5, 1.25, 0, 0)
+    assert np.abs(back[0] - (np.arange(3, 8) + 0.5) * 1.25).max() < 0.2
+    assert np.allclose(back[:, 0], back[0, 0])
+    assert np.allclose(shrink_window(np.ones((32, 32), np.float32), 3, 3, 5, 5, 1.25, 0, 0), 1)
+
+
+class _GridSensitive:
+    """A fake network whose output depends on where a pixel lies in its input's 32-px grid, as
+    a U-Net's does, and otherwise on the pixel's colour only."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        phase = (np.arange(batch.shape[2]) % 32) / 320.0
+        return (batch[..., 0].astype(np.float32) / 255.0 * 0.9 + phase).astype(np.float32)
+
+
+@pytest.mark.parametrize("zoom", [1.125, 1.25, 1.75])
+def test_a_place_gets_the_same_probability_in_every_window_that_holds_it(monuseg_dir, zoom):
+    """What makes the zoomed result independent of the tiling: windows read on the enlarged
+    frame's 32-px grid see each place at the same grid phase, so overlapping windows agree."""
+    from wsi_s2lcm.slide import open_slide
+    from wsi_s2lcm.tile_task import TileJob, predict_windows
+
+    job = TileJob(slide_path="", slide_mpp=0.25, model_mpp=0.25, level0_mpp=0.25, width=1000,
+                  height=1000, predictor=None, postprocess=PostprocessConfig(), zoom=zoom)
+    with open_slide(monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif", mpp=0.25) as slide:
+        rgb_a, a, _ = predict_windows(slide, [(100, 60, 200, 200)], job, _GridSensitive())
+        rgb_b, b, _ = predict_windows(slide, [(172, 100, 200, 200), (0, 0, 200, 200)], job,
+                                      _GridSensitive())
+    assert a.shape == (1, 200, 200) and b.shape == (2, 200, 200) and rgb_b.shape[0] == 2
+    overlap_a = a[0, 40:, 72:]     # model pixels x 172..299, y 100..259
+    overlap_b = b[0, :160, :128]
+    # the same up to the reader's rounding of the enlarged colours (1 level of 255)
+    assert np.abs(overlap_a - overlap_b).max() < 1.5 / 255
+    # a window enlarged from where it starts, off the grid, sees the same places at another
+    # phase and gets other probabilities
+    with open_slide(monuseg_dir / "images" / "TCGA-18-5592-01Z-00-DX1.tif", mpp=0.25) as slide:
+        first_x, first_y = round(172 * zoom), round(100 * zoom)
+        size = -(-round(200 * zoom) // 32) * 32
+        enlarged = slide.read(first_x, first_y, size, size, 0.25 / zoom)
+    off_grid = shrink_window(_GridSensitive()(enlarged[None])[0], 172, 100, 200, 200, zoom,
+                             first_x, first_y)
+    assert np.abs(off_grid[:160, :128] - overlap_a).max() > 0.02
 
 
 def _pair_image(gap: int) -> np.ndarray:
@@ -140,7 +173,6 @@ def test_an_explicit_zoom_is_used_as_given(tmp_path, monuseg_dir, untrained_mode
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "corner.json").read_text())
     assert summary["zoom"] == {"zoom": 1.25, "chosen": False, "asked": 1.25}
-    assert "zoom=1.25" in summary["config"]["predictor"]
     asked = SegmentOptions(model=str(untrained_model), zoom=1.25)
     assert summary_settings(summary)["zoom"] == run_settings(asked)["zoom"]
     assert summary_settings(summary)["zoom"] != run_settings(

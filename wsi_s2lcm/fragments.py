@@ -19,7 +19,9 @@ from scipy import ndimage
 
 from wsi_s2lcm.config import TilingConfig
 from wsi_s2lcm.polygons import Nucleus, nuclei_from_labels
-from wsi_s2lcm.tile_task import Fragment, TileJob, outside_to_background, segment_window
+from wsi_s2lcm.tile_task import (
+    Fragment, TileJob, outside_to_background, predict_windows, segment_window,
+)
 from wsi_s2lcm.tiling import owner_of
 
 logger = logging.getLogger(__name__)
@@ -127,9 +129,11 @@ def resolve_group(
         window = _window_around(box, tiling.margin, max_window)
         wx0, wy0, wx1, wy1 = window
         c = job.context
-        rgb = slide.read(wx0 - c, wy0 - c, wx1 - wx0 + 2 * c, wy1 - wy0 + 2 * c, job.model_mpp)
+        read_box = (wx0 - c, wy0 - c, wx1 - wx0 + 2 * c, wy1 - wy0 + 2 * c)
+        rgbs, probabilities, _ = predict_windows(slide, [read_box], job, predictor)
+        rgb = rgbs[0]
         probability = outside_to_background(
-            predictor(rgb[None])[0], wx0 - c, wy0 - c, job.width, job.height
+            probabilities[0], wx0 - c, wy0 - c, job.width, job.height
         )
         segmented = segment_window(rgb, probability, job.postprocess, job.model_mpp, c)
         labels, rgb, probability = (

@@ -48,7 +48,6 @@ class ModelSpec:
     cpu_threads: int | None = None
     amp: bool | None = None
     tta: bool = False
-    zoom: float = 1.0
 
     def build(self) -> "TorchPredictor":
         """Load the model and return a predictor on the resolved device."""
@@ -56,7 +55,7 @@ class ModelSpec:
 
         return TorchPredictor(
             load_model(self.model_dir), device=self.device, cpu_threads=self.cpu_threads,
-            amp=self.amp, tta=self.tta, zoom=self.zoom,
+            amp=self.amp, tta=self.tta,
         )
 
 
@@ -160,10 +159,6 @@ class TorchPredictor:
     tta
         Test-time augmentation: the mean probability over the 8 rotations and mirror images
         of each tile (8 times the network's work; measured in docs/SEGMENT.md).
-    zoom
-        Each tile is enlarged by this factor before the network and its probabilities are
-        brought back to the tile's size (:mod:`wsi_s2lcm.zoom`); ``zoom ** 2`` times the
-        network's work. 1 reads tiles as they are.
     """
 
     def __init__(
@@ -173,11 +168,8 @@ class TorchPredictor:
         cpu_threads: int | None = None,
         amp: bool | None = None,
         tta: bool = False,
-        zoom: float = 1.0,
     ) -> None:
         import torch
-
-        from wsi_s2lcm.zoom import check_zoom
 
         self.card = model.card
         self.mpp = float(model.card.mpp)
@@ -190,10 +182,8 @@ class TorchPredictor:
         self._std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device)
         self.precision = precision_name(self.device.type, self.amp)
         self.tta = tta
-        self.zoom = check_zoom(zoom)
-        logger.info("model %s on %s (%s%s%s)", model.card.name, self.device, self.precision,
-                    ", 8 orientations" if tta else "",
-                    f", tiles enlarged {self.zoom:g}x" if self.zoom != 1 else "")
+        logger.info("model %s on %s (%s%s)", model.card.name, self.device, self.precision,
+                    ", 8 orientations" if tta else "")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Nucleus probabilities for a batch of RGB images (any size; padded internally)."""
@@ -203,24 +193,6 @@ class TorchPredictor:
             raise ValueError(f"expected (N, H, W, 3) RGB, got shape {batch.shape}")
         if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
-        if self.zoom == 1:
-            return self._predict(batch)
-        from wsi_s2lcm.zoom import enlarge_batch, shrink_probabilities
-
-        # Enlarged tiles hold zoom ** 2 times the pixels: they go through the network in smaller
-        # groups, so that one pass holds no more pixels (and memory) than the batch as given.
-        height, width = batch.shape[1:3]
-        group = max(1, int(len(batch) / self.zoom ** 2))
-        return np.concatenate([
-            shrink_probabilities(self._predict(enlarge_batch(batch[i:i + group], self.zoom)),
-                                 height, width)
-            for i in range(0, len(batch), group)
-        ])
-
-    def _predict(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, H, W)`` float32 probabilities of an ``(N, H, W, 3)`` batch as it is."""
-        import torch
-
         height, width = batch.shape[1:3]
         padded = _pad_to_multiple(batch, _MULTIPLE)
         with torch.inference_mode():

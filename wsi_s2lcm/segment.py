@@ -1,7 +1,8 @@
 """The segment use case: one slide in, QuPath GeoJSON (and label zarr, overlay, summary) out.
 
 :func:`segment_slide` wires the adapters: it opens the slide, plans the tiles at the model's
-resolution, skips tiles without tissue, dispatches tile batches through :mod:`wsi_s2lcm.dispatch`
+resolution, skips tiles without tissue, chooses the reading zoom from a sample of the slide's
+nuclei (:func:`choose_zoom`), dispatches tile batches through :mod:`wsi_s2lcm.dispatch`
 (each worker builds the predictor once), streams the owned nuclei to the GeoJSON writer and the
 label store as tiles complete, re-segments the few nuclei larger than the tile margin, and renames
 the outputs into place only when all of them are complete.
@@ -105,10 +106,11 @@ def segment_slide(
         Average the network's probabilities over the 8 rotations and mirror images of each tile
         (8 times the inference time); ignored with ``predictor_spec``.
     zoom
-        Enlarge each tile by this factor before the network (:mod:`wsi_s2lcm.zoom`); ``None``
-        chooses it from the median nucleus area of a sample of tiles read without it, when
-        the model's card records a reference area (:func:`choose_zoom`), and reads tiles as
-        they are otherwise. Ignored with ``predictor_spec``.
+        The reading zoom: the network sees each tile this many times larger
+        (:mod:`wsi_s2lcm.zoom`). ``None`` chooses it from the median nucleus area of a sample of
+        the slide read without it, when the model's card records a reference area and no
+        ``predictor_spec`` is given (:func:`choose_zoom`), and reads tiles as they are
+        otherwise.
     dispatcher
         A :class:`wsi_s2lcm.dispatch.Dispatcher`; tasks run in the calling thread when ``None``.
     predictor_spec
@@ -128,7 +130,6 @@ def segment_slide(
     """
     from wsi_s2lcm.slide import check_readable, open_slide
     from wsi_s2lcm.tissue import tissue_mask
-
     from wsi_s2lcm.zoom import check_zoom
 
     if zoom is not None:
@@ -145,7 +146,6 @@ def segment_slide(
         spec = predictor_spec or ModelSpec(
             str(model_dir), device, cpu_threads=cpu_threads or _threads_per_worker(dispatcher),
             amp=resolve_amp(resolve_device(device), amp), tta=tta,
-            zoom=1.0 if zoom is None else zoom,
         )
         model_mpp = float(getattr(spec, "mpp", None) or card.mpp)
         post = _postprocess(card, postprocess)
@@ -160,6 +160,7 @@ def segment_slide(
             predictor=spec,
             postprocess=post,
             context=tiling.context,
+            zoom=1.0 if zoom is None else zoom,
         )
 
         tissue = tissue_mask(slide) if tiling.tissue_mask else None
@@ -169,9 +170,7 @@ def segment_slide(
         if zoom is None and predictor_spec is None and card.nucleus_area_um2 > 0:
             zoom_started = time.perf_counter()
             zoom_record = choose_zoom(job, tissue, card.nucleus_area_um2)
-            job = dataclasses.replace(
-                job, predictor=dataclasses.replace(spec, zoom=zoom_record["zoom"])
-            )
+            job = dataclasses.replace(job, zoom=zoom_record["zoom"])
             timings["zoom"] = time.perf_counter() - zoom_started
         logger.info(
             "%s: %d x %d px at %.3f µm/px -> %d x %d at %.3f, %d tiles with tissue",
@@ -206,7 +205,7 @@ def segment_slide(
             slide, card, job, tiling, export, tissue, len(tiles), writer, large, dropped
         )
         summary["zoom"] = {
-            **(zoom_record or {"zoom": _spec_zoom(job.predictor), "chosen": False}),
+            **(zoom_record or {"zoom": job.zoom, "chosen": False}),
             "asked": zoom,
         }
         finish_started = time.perf_counter()
@@ -243,7 +242,7 @@ def run_settings(options: SegmentOptions) -> dict[str, Any]:
         "tiling": dataclasses.asdict(options.tiling),
         "postprocess": dataclasses.asdict(_postprocess(card, options.postprocess)),
         "tta": _spec_tta(options.predictor_spec) if options.predictor_spec else options.tta,
-        "zoom": {"asked": None if options.predictor_spec else options.zoom,
+        "zoom": {"asked": options.zoom,
                  "nucleus_area_um2": card.nucleus_area_um2 if card else 0.0},
         "export": _export_settings(dataclasses.asdict(options.export)),
     })
@@ -269,11 +268,6 @@ def _spec_tta(spec: Any) -> bool:
     return bool(getattr(spec, "tta", False))
 
 
-def _spec_zoom(spec: Any) -> float:
-    """The zoom of a predictor spec (1 for specs without one)."""
-    return float(getattr(spec, "zoom", 1.0))
-
-
 #: The sample that measures a slide's nuclei for :func:`choose_zoom`: at most this many windows
 #: of :data:`ZOOM_SAMPLE_SIZE` pixels (at the model's resolution) on tissue.
 ZOOM_SAMPLE_WINDOWS = 8
@@ -286,8 +280,9 @@ def choose_zoom(job: TileJob, tissue: Any, reference_area_um2: float) -> dict[st
     The sample is up to :data:`ZOOM_SAMPLE_WINDOWS` windows spread evenly over a grid of
     :data:`ZOOM_SAMPLE_SIZE`-pixel windows on tissue, the same whatever the run's tiling, so
     that runs with different tile sizes choose the same zoom. The windows are segmented in
-    this process with ``job`` as it stands (zoom 1), and the median area of the nuclei they
-    own gives the zoom (:func:`wsi_s2lcm.zoom.zoom_for_nuclei`).
+    this process (also when the tiles go to a cluster's workers) with ``job`` as it stands
+    (zoom 1), and the median area of the nuclei they own gives the zoom
+    (:func:`wsi_s2lcm.zoom.zoom_for_nuclei`).
 
     Returns
     -------

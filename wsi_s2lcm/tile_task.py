@@ -47,6 +47,9 @@ class TileJob:
         Probability to instances.
     context : int
         Extra pixels read around each tile for the network (and the stain check's rings).
+    zoom : float
+        The reading zoom (:mod:`wsi_s2lcm.zoom`): the network sees each window read this many
+        times larger, and its probability is averaged back to the model's resolution.
     """
 
     slide_path: str
@@ -58,6 +61,7 @@ class TileJob:
     predictor: PredictorSpec
     postprocess: PostprocessConfig
     context: int = 0
+    zoom: float = 1.0
 
     @property
     def scale(self) -> float:
@@ -376,26 +380,85 @@ def process_tiles(tiles: Sequence[Tile], job: TileJob) -> list[TileResult]:
     list of TileResult
         One per tile, in the same order.
     """
-    started = time.perf_counter()
     status = os.stat(job.slide_path)
     slide = _open_slide_cached(job.slide_path, job.slide_mpp, status.st_mtime_ns, status.st_size)
     c = job.context
-    batch = np.stack(
-        [slide.read(t.x - c, t.y - c, t.size + 2 * c, t.size + 2 * c, job.model_mpp) for t in tiles]
-    )
-    read_done = time.perf_counter()
-    predictor = build_predictor(job.predictor)
-    probabilities = predictor(batch)
-    predict_done = time.perf_counter()
+    boxes = [(t.x - c, t.y - c, t.size + 2 * c, t.size + 2 * c) for t in tiles]
+    batch, probabilities, spent = predict_windows(slide, boxes, job, build_predictor(job.predictor))
     share = 1.0 / len(tiles)
-    seconds = {
-        "read": (read_done - started) * share,
-        "predict": (predict_done - read_done) * share,
-    }
+    seconds = {key: value * share for key, value in spent.items()}
     return [
         tile_result(tile, rgb, probability, job, seconds)
         for tile, rgb, probability in zip(tiles, batch, probabilities)
     ]
+
+
+def predict_windows(
+    slide: Any, boxes: Sequence[tuple[int, int, int, int]], job: TileJob, predictor: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Read equal-sized model-frame windows and predict their nucleus probability.
+
+    Parameters
+    ----------
+    slide
+        The open slide.
+    boxes
+        ``(x, y, width, height)`` of each window in model-frame pixels, all of one size.
+    job
+        The run's tile job (resolution and reading zoom).
+    predictor
+        The predictor.
+
+    Returns
+    -------
+    rgb : np.ndarray
+        ``(N, height, width, 3)`` uint8, the windows at the model's resolution.
+    probability : np.ndarray
+        ``(N, height, width)`` float32. With a reading zoom each window is read again, larger,
+        on the enlarged frame's 32-px grid (:func:`wsi_s2lcm.zoom.enlarged_span`), run through
+        the network in groups holding no more pixels than the windows as read, and averaged
+        back (:func:`wsi_s2lcm.zoom.shrink_window`).
+    seconds : dict
+        Time spent reading and predicting.
+    """
+    from wsi_s2lcm.zoom import enlarged_span, shrink_window
+
+    started = time.perf_counter()
+    rgb = np.stack([slide.read(x, y, w, h, job.model_mpp) for x, y, w, h in boxes])
+    if job.zoom == 1:
+        read_done = time.perf_counter()
+        probability = predictor(rgb)
+        return rgb, probability, {"read": read_done - started,
+                                  "predict": time.perf_counter() - read_done}
+    read_seconds = time.perf_counter() - started
+    predict_seconds = 0.0
+    group = max(1, int(len(boxes) / job.zoom ** 2))
+    probability = np.empty(rgb.shape[:3], dtype=np.float32)
+    for start in range(0, len(boxes), group):
+        read_started = time.perf_counter()
+        spans, enlarged = [], []
+        for x, y, w, h in boxes[start:start + group]:
+            (first_x, size_x), (first_y, size_y) = (enlarged_span(x, w, job.zoom),
+                                                    enlarged_span(y, h, job.zoom))
+            spans.append((first_x, first_y))
+            enlarged.append(slide.read(first_x, first_y, size_x, size_y, job.model_mpp / job.zoom))
+        largest = np.max([image.shape[:2] for image in enlarged], axis=0)
+        padded = np.stack([
+            np.pad(image, ((0, largest[0] - image.shape[0]), (0, largest[1] - image.shape[1]),
+                           (0, 0)), mode="symmetric")
+            for image in enlarged
+        ])
+        predict_started = time.perf_counter()
+        read_seconds += predict_started - read_started
+        found = predictor(padded)
+        for offset, ((x, y, w, h), (first_x, first_y), image) in enumerate(
+            zip(boxes[start:start + group], spans, enlarged)
+        ):
+            window = found[offset, :image.shape[0], :image.shape[1]]
+            probability[start + offset] = shrink_window(window, x, y, w, h, job.zoom,
+                                                        first_x, first_y)
+        predict_seconds += time.perf_counter() - predict_started
+    return rgb, probability, {"read": read_seconds, "predict": predict_seconds}
 
 
 @functools.lru_cache(maxsize=2)

@@ -55,20 +55,37 @@ def check_zoom(zoom: float) -> float:
     return zoom
 
 
-def enlarge_batch(batch: np.ndarray, zoom: float) -> np.ndarray:
-    """``(N, H, W, 3)`` uint8 RGB enlarged by ``zoom`` (bicubic), to ``round(H * zoom)`` rows."""
-    import cv2
+def enlarged_span(start: int, count: int, zoom: float, multiple: int = 32) -> tuple[int, int]:
+    """The enlarged-frame pixels ``(first, count)`` that cover model pixels
+    ``start .. start + count``, with ``first`` on a multiple of ``multiple``.
 
-    height, width = batch.shape[1:3]
-    size = (round(width * zoom), round(height * zoom))
-    return np.stack([cv2.resize(image, size, interpolation=cv2.INTER_CUBIC) for image in batch])
+    Model pixel ``i`` covers ``[i * zoom, (i + 1) * zoom)`` of the enlarged frame. Starting every
+    window on the same grid of the network's largest stride (32 px) makes what the network
+    computes for a place of the slide the same in every window that holds it, as it is without
+    the zoom, so the result does not depend on the tiling.
+    """
+    first = math.floor(start * zoom / multiple) * multiple
+    last = math.ceil((start + count) * zoom / multiple) * multiple
+    return first, last - first
 
 
-def shrink_probabilities(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(N, h, w)`` float32 probabilities brought back to ``(N, height, width)`` by area
-    averaging (each output pixel the mean of the enlarged pixels it covers)."""
-    import cv2
+def area_weights(start: int, count: int, zoom: float, first: int, size: int) -> np.ndarray:
+    """``(count, size)`` weights that average enlarged pixels ``first .. first + size`` back to
+    model pixels ``start .. start + count``: each row holds the share of the model pixel's span
+    ``[i * zoom, (i + 1) * zoom)`` that each enlarged pixel covers, and sums to 1."""
+    low = (start + np.arange(count, dtype=np.float64))[:, None] * zoom
+    edges = first + np.arange(size, dtype=np.float64)[None, :]
+    overlap = np.minimum(low + zoom, edges + 1) - np.maximum(low, edges)
+    return (np.clip(overlap, 0.0, None) / zoom).astype(np.float32)
 
-    return np.stack([
-        cv2.resize(p, (width, height), interpolation=cv2.INTER_AREA) for p in probabilities
-    ]).astype(np.float32)
+
+def shrink_window(
+    probability: np.ndarray, x: int, y: int, width: int, height: int, zoom: float,
+    first_x: int, first_y: int,
+) -> np.ndarray:
+    """Area-average an enlarged window's ``(h, w)`` probability, whose first pixel is
+    ``(first_x, first_y)`` of the enlarged frame, back to the ``height x width`` model-frame
+    window at ``(x, y)``."""
+    rows = area_weights(y, height, zoom, first_y, probability.shape[0])
+    columns = area_weights(x, width, zoom, first_x, probability.shape[1])
+    return rows @ probability.astype(np.float32) @ columns.T

@@ -21,10 +21,12 @@ from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.false_objects import drop_false_objects
 from wsi_s2lcm.models import load_model, write_card
 from wsi_s2lcm.postprocess import instances_from_probability
+from wsi_s2lcm.predictor import TorchPredictor
+from wsi_s2lcm.slide import ArraySlide
+from wsi_s2lcm.tile_task import TileJob, predict_windows
 from wsi_s2lcm.training.calibrate import scribble_errors
 from wsi_s2lcm.training.dataset import TrainImage
-from wsi_s2lcm.training.inference import predict_probability
-from wsi_s2lcm.zoom import enlarge_batch, shrink_probabilities, zoom_for_nuclei
+from wsi_s2lcm.zoom import zoom_for_nuclei
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,8 @@ def calibrate_zoom(
 
     The card gets ``nucleus_area_um2`` and, in ``metrics``, the table of
     :func:`calibrate_reference_area` under :data:`ZOOM_CALIBRATION_KEY`; the weights and the
-    post-processing are not touched. Images are predicted whole, in float32.
+    post-processing are not touched. Each image is predicted whole, in float32, read enlarged
+    the way ``wsi-s2lcm segment`` reads a tile (:func:`wsi_s2lcm.tile_task.predict_windows`).
 
     Returns
     -------
@@ -129,20 +132,23 @@ def calibrate_zoom(
         The area written on the card.
     """
     model = load_model(directory)
-    network = model.network.to(device)
+    predictor = TorchPredictor(model, device=device, amp=False)
     usable = [t for t in images if t.nucleus_ids is not None]
+    postprocess = PostprocessConfig(**model.card.postprocess)
+    mpp = model.card.mpp
 
     def predict(image: np.ndarray, zoom: float) -> np.ndarray:
-        if zoom == 1:
-            return predict_probability(network, image, device)
-        enlarged = enlarge_batch(image[None], zoom)[0]
-        probability = predict_probability(network, enlarged, device)[None]
-        return shrink_probabilities(probability, *image.shape[:2])[0]
+        height, width = image.shape[:2]
+        job = TileJob(slide_path="<array>", slide_mpp=mpp, model_mpp=mpp, level0_mpp=mpp,
+                      width=width, height=height, predictor=None, postprocess=postprocess,
+                      zoom=zoom)
+        _, probability, _ = predict_windows(ArraySlide(image, mpp), [(0, 0, width, height)],
+                                            job, predictor)
+        return probability[0]
 
-    postprocess = PostprocessConfig(**model.card.postprocess)
     area, table = calibrate_reference_area(
         [t.image for t in usable], [t.nucleus_ids for t in usable], predict, postprocess,
-        model.card.mpp, candidates_um2,
+        mpp, candidates_um2,
     )
     record = {
         "method": "reference nucleus area whose reading zooms give the fewest split, merged "
