@@ -197,3 +197,26 @@ def test_a_bad_zoom_exits_2_before_any_output(tmp_path, monuseg_dir, value):
     assert result.exit_code == 2
     assert "--zoom" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_calibrating_a_model_writes_the_area_and_its_table_on_the_card(tmp_path, monuseg_dir,
+                                                                       untrained_model):
+    import shutil
+
+    from wsi_s2lcm.training.dataset import TrainImage
+    from wsi_s2lcm.training.zoom_calibration import ZOOM_CALIBRATION_KEY, calibrate_zoom
+
+    model_dir = shutil.copytree(untrained_model, tmp_path / "model")
+    stem = "TCGA-18-5592-01Z-00-DX1"
+    image = np.asarray(Image.open(monuseg_dir / "images" / f"{stem}.tif").convert("RGB"))[:96, :96]
+    truth = np.asarray(Image.open(monuseg_dir / "instance_labels" / f"{stem}.png"))[:96, :96]
+    held_out = TrainImage(stem, stem, image, np.full(truth.shape, 255, np.uint8),
+                          truth.astype(np.int32))
+    area = calibrate_zoom(model_dir, [held_out], candidates_um2=(0.0, 50.0))
+    card = read_card(model_dir)
+    assert card.nucleus_area_um2 == area and area in (0.0, 50.0)
+    record = card.metrics[ZOOM_CALIBRATION_KEY]
+    assert record["held_out_images"] == [stem]
+    assert [row["nucleus_area_um2"] for row in record["table"]] == [0.0, 50.0]
+    assert all(len(row["zooms"]) == 1 for row in record["table"])
+    assert json.loads((model_dir / "card.json").read_text())["format"] == 2

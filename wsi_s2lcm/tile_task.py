@@ -419,46 +419,50 @@ def predict_windows(
         the network in groups holding no more pixels than the windows as read, and averaged
         back (:func:`wsi_s2lcm.zoom.shrink_window`).
     seconds : dict
-        Time spent reading and predicting.
+        Time spent reading the windows (``read``) and predicting (``predict``; with a reading
+        zoom this includes reading the enlarged windows).
     """
-    from wsi_s2lcm.zoom import enlarged_span, shrink_window
-
     started = time.perf_counter()
     rgb = np.stack([slide.read(x, y, w, h, job.model_mpp) for x, y, w, h in boxes])
+    read_done = time.perf_counter()
     if job.zoom == 1:
-        read_done = time.perf_counter()
         probability = predictor(rgb)
-        return rgb, probability, {"read": read_done - started,
-                                  "predict": time.perf_counter() - read_done}
-    read_seconds = time.perf_counter() - started
-    predict_seconds = 0.0
-    group = max(1, int(len(boxes) / job.zoom ** 2))
-    probability = np.empty(rgb.shape[:3], dtype=np.float32)
-    for start in range(0, len(boxes), group):
-        read_started = time.perf_counter()
-        spans, enlarged = [], []
-        for x, y, w, h in boxes[start:start + group]:
-            (first_x, size_x), (first_y, size_y) = (enlarged_span(x, w, job.zoom),
-                                                    enlarged_span(y, h, job.zoom))
-            spans.append((first_x, first_y))
-            enlarged.append(slide.read(first_x, first_y, size_x, size_y, job.model_mpp / job.zoom))
-        largest = np.max([image.shape[:2] for image in enlarged], axis=0)
-        padded = np.stack([
-            np.pad(image, ((0, largest[0] - image.shape[0]), (0, largest[1] - image.shape[1]),
-                           (0, 0)), mode="symmetric")
-            for image in enlarged
+    else:
+        group = max(1, int(len(boxes) / job.zoom ** 2))
+        probability = np.concatenate([
+            _predict_enlarged(slide, boxes[first:first + group], job, predictor)
+            for first in range(0, len(boxes), group)
         ])
-        predict_started = time.perf_counter()
-        read_seconds += predict_started - read_started
-        found = predictor(padded)
-        for offset, ((x, y, w, h), (first_x, first_y), image) in enumerate(
-            zip(boxes[start:start + group], spans, enlarged)
-        ):
-            window = found[offset, :image.shape[0], :image.shape[1]]
-            probability[start + offset] = shrink_window(window, x, y, w, h, job.zoom,
-                                                        first_x, first_y)
-        predict_seconds += time.perf_counter() - predict_started
-    return rgb, probability, {"read": read_seconds, "predict": predict_seconds}
+    return rgb, probability, {"read": read_done - started,
+                              "predict": time.perf_counter() - read_done}
+
+
+def _predict_enlarged(
+    slide: Any, boxes: Sequence[tuple[int, int, int, int]], job: TileJob, predictor: Any
+) -> np.ndarray:
+    """The probabilities of model-frame windows, each read ``job.zoom`` times larger on the
+    enlarged frame's 32-px grid, predicted in one batch and averaged back."""
+    from wsi_s2lcm.zoom import enlarged_span, shrink_window
+
+    spans, enlarged = [], []
+    for x, y, width, height in boxes:
+        (first_x, size_x), (first_y, size_y) = (enlarged_span(x, width, job.zoom),
+                                                enlarged_span(y, height, job.zoom))
+        spans.append((first_x, first_y))
+        enlarged.append(slide.read(first_x, first_y, size_x, size_y, job.model_mpp / job.zoom))
+    rows, columns = np.max([image.shape[:2] for image in enlarged], axis=0)
+    batch = np.stack([
+        np.pad(image, ((0, rows - image.shape[0]), (0, columns - image.shape[1]), (0, 0)),
+               mode="symmetric")
+        for image in enlarged
+    ])
+    found = predictor(batch)
+    return np.stack([
+        shrink_window(found[index, :image.shape[0], :image.shape[1]], x, y, width, height,
+                      job.zoom, first_x, first_y)
+        for index, ((x, y, width, height), (first_x, first_y), image)
+        in enumerate(zip(boxes, spans, enlarged))
+    ]).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=2)

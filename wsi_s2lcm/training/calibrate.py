@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from wsi_s2lcm.config import PostprocessConfig
-from wsi_s2lcm.models import load_model, read_card, write_card
+from wsi_s2lcm.models import ModelCard, load_model, read_card, write_card
 from wsi_s2lcm.false_objects import drop_false_objects
 from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.training.dataset import TrainImage
@@ -188,24 +188,35 @@ def calibrate_model(
         [t.image for t in usable], probabilities, [t.nucleus_ids for t in usable],
         model.card.mpp, heights_um, thresholds, base,
     )
-    record = {
-        "method": "threshold and h_um with the fewest split, merged and missed nucleus "
-                  "scribbles on the held-out images, every check of post-processing on "
-                  "(wsi_s2lcm.training.calibrate)",
-        "held_out_images": [t.key for t in usable],
-        "table": table,
-    }
-    card = dataclasses.replace(
-        model.card, postprocess=dataclasses.asdict(config),
-        metrics={**model.card.metrics, CALIBRATION_KEY: record},
+    write_calibration(
+        directory, model.card, CALIBRATION_KEY,
+        "threshold and h_um with the fewest split, merged and missed nucleus scribbles on the "
+        "held-out images, every check of post-processing on (wsi_s2lcm.training.calibrate)",
+        usable, table, postprocess=dataclasses.asdict(config),
     )
-    write_card(directory, card)
     chosen = next(row for row in table
                   if row["h_um"] == config.h_um and row["threshold"] == config.threshold)
     logger.info("%s: threshold %.2f, separation h_um=%.2f (%d split, %d merged, %d missed of %d "
                 "held-out nucleus scribbles)", directory, config.threshold, config.h_um,
                 chosen["split"], chosen["merged"], chosen["missed"], chosen["scribbles"])
     return config
+
+
+def write_calibration(
+    directory: str | Path,
+    card: ModelCard,
+    key: str,
+    method: str,
+    images: Sequence[TrainImage],
+    table: list[dict],
+    **changes: Any,
+) -> None:
+    """Rewrite a model directory's card with ``changes`` and, in its ``metrics`` under ``key``,
+    the record of a calibration: its ``method``, the held-out images and the ``table``."""
+    record = {"method": method, "held_out_images": [t.key for t in images], "table": table}
+    write_card(directory, dataclasses.replace(
+        card, metrics={**card.metrics, key: record}, **changes
+    ))
 
 
 def ensure_calibrated(

@@ -10,7 +10,6 @@ merge and miss the fewest nucleus scribbles (the errors of
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,12 +18,12 @@ import numpy as np
 
 from wsi_s2lcm.config import PostprocessConfig
 from wsi_s2lcm.false_objects import drop_false_objects
-from wsi_s2lcm.models import load_model, write_card
+from wsi_s2lcm.models import load_model
 from wsi_s2lcm.postprocess import instances_from_probability
 from wsi_s2lcm.predictor import TorchPredictor
 from wsi_s2lcm.slide import ArraySlide
 from wsi_s2lcm.tile_task import TileJob, predict_windows
-from wsi_s2lcm.training.calibrate import scribble_errors
+from wsi_s2lcm.training.calibrate import scribble_errors, write_calibration
 from wsi_s2lcm.training.dataset import TrainImage
 from wsi_s2lcm.zoom import zoom_for_nuclei
 
@@ -150,18 +149,13 @@ def calibrate_zoom(
         [t.image for t in usable], [t.nucleus_ids for t in usable], predict, postprocess,
         mpp, candidates_um2,
     )
-    record = {
-        "method": "reference nucleus area whose reading zooms give the fewest split, merged "
-                  "and missed nucleus scribbles on the held-out images, with the card's "
-                  "post-processing (wsi_s2lcm.training.zoom_calibration)",
-        "held_out_images": [t.key for t in usable],
-        "table": table,
-    }
-    card = dataclasses.replace(
-        model.card, nucleus_area_um2=area,
-        metrics={**model.card.metrics, ZOOM_CALIBRATION_KEY: record},
+    write_calibration(
+        directory, model.card, ZOOM_CALIBRATION_KEY,
+        "reference nucleus area whose reading zooms give the fewest split, merged and missed "
+        "nucleus scribbles on the held-out images, with the card's post-processing "
+        "(wsi_s2lcm.training.zoom_calibration)",
+        usable, table, nucleus_area_um2=area,
     )
-    write_card(directory, card)
     chosen = next(row for row in table if row["nucleus_area_um2"] == area)
     logger.info("%s: reference nucleus area %.2f µm², zooms %s (%d split, %d merged, %d missed)",
                 directory, area, chosen["zooms"], chosen["split"], chosen["merged"],
