@@ -30,7 +30,7 @@ from wsi_s2lcm.rasterize import rasterize_polygons
 from wsi_s2lcm.segment import segment_slide
 from wsi_s2lcm.slide import open_slide
 from wsi_s2lcm.store import LabelStore
-from wsi_s2lcm.tile_task import outside_to_background
+from wsi_s2lcm.tile_task import TileJob, outside_to_background, predict_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 MONUSEG_IMAGE = "TCGA-21-5786-01Z-00-DX1"  # a validation image of the default model
@@ -170,17 +170,26 @@ def test_geojson_round_trip_reproduces_the_label_zarr(cmu_default):
 def test_tiled_equals_untiled_with_the_real_network(tmp_path, monuseg_dir):
     image = monuseg_dir / "images" / f"{MONUSEG_IMAGE}.tif"
     tiling = TilingConfig(tile_size=256, overlap=64, batch_size=4, tissue_mask=False)
-    segment_slide(image, tmp_path, mpp=0.25, tiling=tiling, export=ExportConfig(overlay=False))
+    summary = segment_slide(image, tmp_path, mpp=0.25, tiling=tiling,
+                            export=ExportConfig(overlay=False))
     model = load_model()
     size = round(1000 * 0.25 / model.card.mpp)  # the 1000 x 1000 image at the model's mpp
     tiled = LabelStore.open(tmp_path / f"{MONUSEG_IMAGE}.zarr").read(0, 0, size, size)
 
-    predictor = TorchPredictor(model, device="cpu")
+    # One pass over the whole image, read at the reading zoom the tiled run chose (1.125 here,
+    # so the enlarged reading's tiles are compared too)
+    assert summary["zoom"]["zoom"] > 1
+    post = PostprocessConfig(**model.card.postprocess)
+    job = TileJob(slide_path=str(image), slide_mpp=0.25, model_mpp=model.card.mpp,
+                  level0_mpp=0.25, width=size, height=size, predictor=None, postprocess=post,
+                  zoom=summary["zoom"]["zoom"])
     margin = tiling.margin  # the same network phase and mirrored border as the tiles
     with open_slide(image, mpp=0.25) as slide:
-        rgb = slide.read(-margin, -margin, size + 2 * margin, size + 2 * margin, model.card.mpp)
-    probability = outside_to_background(predictor(rgb[None])[0], -margin, -margin, size, size)
-    post = PostprocessConfig(**model.card.postprocess)
+        window = (-margin, -margin, size + 2 * margin, size + 2 * margin)
+        rgbs, probabilities, _ = predict_windows(slide, [window], job,
+                                                 TorchPredictor(model, device="cpu"))
+    rgb = rgbs[0]
+    probability = outside_to_background(probabilities[0], -margin, -margin, size, size)
     untiled = instances_from_probability(probability, post, model.card.mpp)
     untiled = drop_false_objects(untiled, rgb, probability, post, model.card.mpp)
     untiled = untiled[margin:-margin, margin:-margin]
