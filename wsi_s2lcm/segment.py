@@ -169,7 +169,10 @@ def segment_slide(
         zoom_record = None
         if zoom is None and predictor_spec is None and card.nucleus_area_um2 > 0:
             zoom_started = time.perf_counter()
-            zoom_record = choose_zoom(job, tissue, card.nucleus_area_um2)
+            # measured with the card's own post-processing, which the reference was calibrated
+            # with, so that --postprocess overrides do not move the zoom
+            measuring = dataclasses.replace(job, postprocess=_postprocess(card, None))
+            zoom_record = choose_zoom(measuring, tissue, card.nucleus_area_um2)
             job = dataclasses.replace(job, zoom=zoom_record["zoom"])
             timings["zoom"] = time.perf_counter() - zoom_started
         logger.info(
@@ -281,7 +284,8 @@ def choose_zoom(job: TileJob, tissue: Any, reference_area_um2: float) -> dict[st
     :data:`ZOOM_SAMPLE_SIZE`-pixel windows on tissue, the same whatever the run's tiling, so
     that runs with different tile sizes choose the same zoom. The windows are segmented in
     this process (also when the tiles go to a cluster's workers) with ``job`` as it stands
-    (zoom 1), and the median area of the nuclei they own gives the zoom
+    (zoom 1; ``segment_slide`` passes the card's post-processing, not the run's overrides), and
+    the median area of the nuclei they own gives the zoom
     (:func:`wsi_s2lcm.zoom.zoom_for_nuclei`).
 
     Returns
